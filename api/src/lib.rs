@@ -1,0 +1,13 @@
+//! Trellis's shared model: the custom resources, the proxy configuration the
+//! sidecar reads, and the pure functions that turn one into the other.
+//!
+//! Nothing here does I/O, so the operator, its webhook, `trellis inject` and
+//! `trellis dev` all render the same bytes from the same inputs.
+
+pub mod bounded;
+pub mod crd;
+pub mod duration;
+pub mod parse;
+pub mod proxy;
+
+pub use duration::Duration;
