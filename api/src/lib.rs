@@ -7,7 +7,10 @@
 pub mod bounded;
 pub mod crd;
 pub mod duration;
+pub mod inject;
 pub mod parse;
 pub mod proxy;
+pub mod render;
+pub mod resolve;
 
 pub use duration::Duration;
