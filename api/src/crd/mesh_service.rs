@@ -16,6 +16,7 @@ use crate::bounded::Port;
     group = "mesh.trellis.dev",
     version = "v1alpha1",
     kind = "MeshService",
+    derive = "PartialEq",
     plural = "meshservices",
     shortname = "msvc",
     namespaced,

@@ -17,6 +17,7 @@ const PER_TRY_MESSAGE: &str = "retry.perTryTimeout must not exceed timeout.reque
     group = "mesh.trellis.dev",
     version = "v1alpha1",
     kind = "ResiliencePolicy",
+    derive = "PartialEq",
     plural = "resiliencepolicies",
     shortname = "rpol",
     namespaced,
