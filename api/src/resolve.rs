@@ -84,7 +84,7 @@ pub struct Resolution {
 /// Resolves every policy at once. Pure: the same policies in any order give the same result.
 pub fn resolve(policies: &[ResiliencePolicy]) -> Resolution {
     let mut ordered: Vec<&ResiliencePolicy> = policies.iter().collect();
-    ordered.sort_by(|a, b| age_key(a).cmp(&age_key(b)));
+    ordered.sort_by_key(|p| age_key(p));
 
     let mut res = Resolution::default();
     for policy in ordered {

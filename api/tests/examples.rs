@@ -20,7 +20,10 @@ fn example_files() -> Vec<PathBuf> {
         }
     }
     files.sort();
-    assert!(files.len() >= 9, "expected the shop's six services and three policies, got {files:?}");
+    assert!(
+        files.len() >= 9,
+        "expected the shop's six services and three policies, got {files:?}"
+    );
     files
 }
 
@@ -91,7 +94,10 @@ fn unknown_fields_are_rejected_with_their_path() {
     let err = policy_error("attempts: 3", "attempts: 3\n    attemps: 4");
     assert_eq!(err.path, "spec.retry.attemps");
     assert!(err.reason.contains("unknown field `attemps`"), "{err}");
-    let err = policy_error("timeout: {request: 2s}", "timeout: {request: 2s, total: 3s}");
+    let err = policy_error(
+        "timeout: {request: 2s}",
+        "timeout: {request: 2s, total: 3s}",
+    );
     assert_eq!(err.path, "spec.timeout.total");
 }
 
@@ -111,7 +117,11 @@ fn out_of_range_numbers_are_rejected_with_their_path() {
     for (from, to, path) in [
         ("attempts: 3", "attempts: 0", "spec.retry.attempts"),
         ("attempts: 3", "attempts: 11", "spec.retry.attempts"),
-        ("failureRateThreshold: 50", "failureRateThreshold: 101", "spec.circuitBreaker.failureRateThreshold"),
+        (
+            "failureRateThreshold: 50",
+            "failureRateThreshold: 101",
+            "spec.circuitBreaker.failureRateThreshold",
+        ),
         ("ratio: 0.2", "ratio: 1.5", "spec.retry.budget.ratio"),
     ] {
         let err = policy_error(from, to);
@@ -123,9 +133,11 @@ fn out_of_range_numbers_are_rejected_with_their_path() {
 #[test]
 fn bad_service_fields_are_rejected_with_their_path() {
     let svc = "apiVersion: mesh.trellis.dev/v1alpha1\nkind: MeshService\nmetadata: {name: a}\nspec: {image: x, port: PORT, protocol: PROTO}\n";
-    let err = from_yaml::<MeshService>(&svc.replace("PORT", "70000").replace("PROTO", "http")).unwrap_err();
+    let err = from_yaml::<MeshService>(&svc.replace("PORT", "70000").replace("PROTO", "http"))
+        .unwrap_err();
     assert_eq!(err.path, "spec.port");
-    let err = from_yaml::<MeshService>(&svc.replace("PORT", "8080").replace("PROTO", "tcp")).unwrap_err();
+    let err =
+        from_yaml::<MeshService>(&svc.replace("PORT", "8080").replace("PROTO", "tcp")).unwrap_err();
     assert_eq!(err.path, "spec.protocol");
     assert!(err.reason.contains("unknown variant `tcp`"), "{err}");
 }

@@ -8,7 +8,9 @@ use trellis_api::crd::{MeshService, ResiliencePolicy};
 use trellis_api::inject::{PROXY_CONTAINER, is_injected};
 use trellis_api::parse::from_yaml;
 use trellis_api::proxy::{Discovery, ProxyConfig};
-use trellis_api::render::{CONFIG_HASH_ANNOTATION, DiscoveryMode, RenderError, Rendered, Settings, render};
+use trellis_api::render::{
+    CONFIG_HASH_ANNOTATION, DiscoveryMode, RenderError, Rendered, Settings, render,
+};
 
 fn orders() -> MeshService {
     let mut svc: MeshService = from_yaml(
@@ -34,7 +36,8 @@ fn policy(name: &str, target: &str, body: &str) -> ResiliencePolicy {
         "apiVersion: mesh.trellis.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  targetRef: {{kind: MeshService, name: {target}}}\n{body}"
     ))
     .unwrap_or_else(|e| panic!("{e}"));
-    p.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse::<Timestamp>().unwrap()));
+    p.metadata.creation_timestamp =
+        Some(Time("2026-01-01T00:00:00Z".parse::<Timestamp>().unwrap()));
     p
 }
 
@@ -45,7 +48,11 @@ fn policies() -> Vec<ResiliencePolicy> {
             "payments",
             "  retry: {attempts: 3}\n  circuitBreaker: {failureRateThreshold: 50}\n  routes:\n  - match: {methods: [POST]}\n    retry: {attempts: 1}\n",
         ),
-        policy("orders-inbound", "orders", "  inbound: {rateLimit: {requestsPerSecond: 100, burst: 200}}\n"),
+        policy(
+            "orders-inbound",
+            "orders",
+            "  inbound: {rateLimit: {requestsPerSecond: 100, burst: 200}}\n",
+        ),
     ]
 }
 
@@ -83,7 +90,12 @@ fn service_is_port_80_to_the_sidecar() {
             }
         })
     );
-    for meta in [&r.deployment.metadata, &r.config_map.metadata, &r.service_account.metadata, &r.role.metadata] {
+    for meta in [
+        &r.deployment.metadata,
+        &r.config_map.metadata,
+        &r.service_account.metadata,
+        &r.role.metadata,
+    ] {
         assert_eq!(value(&meta.owner_references), owner);
     }
 }
@@ -93,25 +105,46 @@ fn deployment_runs_the_app_with_the_sidecar() {
     let r = rendered(&policies());
     let spec = r.deployment.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(2));
-    assert_eq!(value(&spec.selector), json!({"matchLabels": {"mesh.trellis.dev/service": "orders"}}));
+    assert_eq!(
+        value(&spec.selector),
+        json!({"matchLabels": {"mesh.trellis.dev/service": "orders"}})
+    );
     let template = &spec.template;
-    let annotations = template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
+    let annotations = template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap();
     assert_eq!(annotations[CONFIG_HASH_ANNOTATION], r.config_hash);
     let pod = template.spec.as_ref().unwrap();
     assert!(is_injected(pod));
     assert_eq!(pod.service_account_name.as_deref(), Some("orders"));
     let app = &pod.containers[0];
-    assert_eq!((app.name.as_str(), app.image.as_deref()), ("orders", Some("trellis/orders:dev")));
+    assert_eq!(
+        (app.name.as_str(), app.image.as_deref()),
+        ("orders", Some("trellis/orders:dev"))
+    );
     assert_eq!(
         value(&app.readiness_probe),
         json!({"httpGet": {"path": "/health/ready", "port": 4143}, "periodSeconds": 5})
     );
     let sidecar = &pod.init_containers.as_ref().unwrap()[0];
     assert_eq!(sidecar.name, PROXY_CONTAINER);
-    let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.config_map.is_some()).unwrap();
+    let volume = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.config_map.is_some())
+        .unwrap();
     assert_eq!(volume.config_map.as_ref().unwrap().name, "orders-proxy");
     assert!(r.pdb.is_some(), "two replicas get a PodDisruptionBudget");
-    assert_eq!(value(&r.role.rules), json!([{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}]));
+    assert_eq!(
+        value(&r.role.rules),
+        json!([{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}])
+    );
 }
 
 #[test]
@@ -129,15 +162,36 @@ fn config_map_carries_the_resolved_proxy_config() {
     let payments = &config.upstreams[0];
     assert_eq!(
         payments.authorities,
-        ["payments", "payments.shop", "payments.shop.svc", "payments.shop.svc.cluster.local"]
+        [
+            "payments",
+            "payments.shop",
+            "payments.shop.svc",
+            "payments.shop.svc.cluster.local"
+        ]
     );
-    assert_eq!(value(&payments.discovery), json!({"kubernetes": {"service": "payments", "namespace": "shop", "port": 4143}}));
+    assert_eq!(
+        value(&payments.discovery),
+        json!({"kubernetes": {"service": "payments", "namespace": "shop", "port": 4143}})
+    );
     assert_eq!(payments.policy.retry.as_ref().unwrap().attempts.get(), 3);
-    assert_eq!(payments.routes[0].policy.retry.as_ref().unwrap().attempts.get(), 1);
+    assert_eq!(
+        payments.routes[0]
+            .policy
+            .retry
+            .as_ref()
+            .unwrap()
+            .attempts
+            .get(),
+        1
+    );
     assert_eq!(payments.sources, ["payments"]);
     let users = &config.upstreams[1];
     assert!(users.policy.retry.is_none() && users.policy.circuit_breaker.is_none());
-    assert_eq!(r.policies, ["orders-inbound"], "policies for calls into orders");
+    assert_eq!(
+        r.policies,
+        ["orders-inbound"],
+        "policies for calls into orders"
+    );
 }
 
 #[test]
@@ -147,15 +201,31 @@ fn config_hash_follows_relevant_policies_only() {
 
     let mut changed = policies();
     changed[0] = policy("payments", "payments", "  retry: {attempts: 4}\n");
-    assert_ne!(rendered(&changed).config_hash, base, "a policy on an upstream changes the hash");
+    assert_ne!(
+        rendered(&changed).config_hash,
+        base,
+        "a policy on an upstream changes the hash"
+    );
 
     let mut unrelated = policies();
-    unrelated.push(policy("notifications", "notifications", "  retry: {attempts: 2}\n"));
-    assert_eq!(rendered(&unrelated).config_hash, base, "a policy on a service orders does not call");
+    unrelated.push(policy(
+        "notifications",
+        "notifications",
+        "  retry: {attempts: 2}\n",
+    ));
+    assert_eq!(
+        rendered(&unrelated).config_hash,
+        base,
+        "a policy on a service orders does not call"
+    );
 
     let mut reordered = policies();
     reordered.reverse();
-    assert_eq!(rendered(&reordered).config_hash, base, "order of inputs does not matter");
+    assert_eq!(
+        rendered(&reordered).config_hash,
+        base,
+        "order of inputs does not matter"
+    );
 }
 
 #[test]
@@ -163,24 +233,45 @@ fn one_replica_gets_no_pdb_and_static_discovery_uses_given_addresses() {
     let mut svc = orders();
     svc.spec.replicas = 1;
     let settings = Settings {
-        discovery: DiscoveryMode::Static([("users".to_string(), vec!["127.0.0.1:9001".to_string()])].into()),
+        discovery: DiscoveryMode::Static(
+            [("users".to_string(), vec!["127.0.0.1:9001".to_string()])].into(),
+        ),
         ..Default::default()
     };
     let r = render(&svc, &[], &settings).unwrap();
     assert!(r.pdb.is_none());
-    let users = r.proxy_config.upstreams.iter().find(|u| u.name == "users").unwrap();
-    assert_eq!(users.discovery, Discovery::Static { addresses: vec!["127.0.0.1:9001".into()] });
+    let users = r
+        .proxy_config
+        .upstreams
+        .iter()
+        .find(|u| u.name == "users")
+        .unwrap();
+    assert_eq!(
+        users.discovery,
+        Discovery::Static {
+            addresses: vec!["127.0.0.1:9001".into()]
+        }
+    );
 }
 
 #[test]
 fn bad_services_are_refused_with_a_reason() {
     let mut svc = orders();
     svc.spec.image = " ".into();
-    assert_eq!(render(&svc, &[], &Settings::default()), Err(RenderError::EmptyImage));
+    assert_eq!(
+        render(&svc, &[], &Settings::default()),
+        Err(RenderError::EmptyImage)
+    );
     let mut svc = orders();
     svc.spec.port = trellis_api::bounded::Port::new(4143).unwrap();
-    assert_eq!(render(&svc, &[], &Settings::default()), Err(RenderError::PortConflict(4143)));
+    assert_eq!(
+        render(&svc, &[], &Settings::default()),
+        Err(RenderError::PortConflict(4143))
+    );
     let mut svc = orders();
     svc.metadata.name = None;
-    assert_eq!(render(&svc, &[], &Settings::default()), Err(RenderError::MissingName));
+    assert_eq!(
+        render(&svc, &[], &Settings::default()),
+        Err(RenderError::MissingName)
+    );
 }

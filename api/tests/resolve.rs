@@ -21,16 +21,30 @@ const NEW: &str = "2026-02-01T00:00:00Z";
 
 #[test]
 fn the_oldest_policy_wins_and_the_newer_is_told_who_won() {
-    let older = policy("payments-a", OLD, "  targetRef: {kind: MeshService, name: payments}\n  retry: {attempts: 2}\n");
-    let newer = policy("payments-b", NEW, "  targetRef: {kind: MeshService, name: payments}\n  retry: {attempts: 5}\n");
+    let older = policy(
+        "payments-a",
+        OLD,
+        "  targetRef: {kind: MeshService, name: payments}\n  retry: {attempts: 2}\n",
+    );
+    let newer = policy(
+        "payments-b",
+        NEW,
+        "  targetRef: {kind: MeshService, name: payments}\n  retry: {attempts: 5}\n",
+    );
     // Input order must not matter.
-    for input in [vec![older.clone(), newer.clone()], vec![newer.clone(), older.clone()]] {
+    for input in [
+        vec![older.clone(), newer.clone()],
+        vec![newer.clone(), older.clone()],
+    ] {
         let res = resolve(&input);
         let (effective, _) = res.effective("shop", "payments");
         assert_eq!(effective.retry.unwrap().attempts.get(), 2);
         assert_eq!(res.conflicts().len(), 1);
         let c = &res.conflicts()[0];
-        assert_eq!((c.policy.as_str(), c.winner.as_str(), c.target.as_str()), ("payments-b", "payments-a", "payments"));
+        assert_eq!(
+            (c.policy.as_str(), c.winner.as_str(), c.target.as_str()),
+            ("payments-b", "payments-a", "payments")
+        );
         assert!(c.to_string().contains("older policy payments-a"), "{c}");
         assert!(res.is_in_effect("shop", "payments-a"));
         assert!(!res.is_in_effect("shop", "payments-b"));
@@ -40,7 +54,11 @@ fn the_oldest_policy_wins_and_the_newer_is_told_who_won() {
 
 #[test]
 fn policies_for_different_slots_do_not_conflict() {
-    let service = policy("svc", OLD, "  targetRef: {kind: MeshService, name: orders}\n  timeout: {request: 5s}\n");
+    let service = policy(
+        "svc",
+        OLD,
+        "  targetRef: {kind: MeshService, name: orders}\n  timeout: {request: 5s}\n",
+    );
     let route = policy(
         "route",
         NEW,
@@ -51,7 +69,10 @@ fn policies_for_different_slots_do_not_conflict() {
     assert_eq!(res.policies_for("shop", "orders"), ["route", "svc"]);
     let (base, routes) = res.effective("shop", "orders");
     assert_eq!(base.timeout.request, Some(Duration::from_secs(5)));
-    assert_eq!(routes[0].policy.timeout.request, Some(Duration::from_secs(30)));
+    assert_eq!(
+        routes[0].policy.timeout.request,
+        Some(Duration::from_secs(30))
+    );
 }
 
 #[test]
@@ -88,16 +109,27 @@ fn route_overrides_merge_field_by_field() {
     let (base, routes) = resolve(&[p]).effective("shop", "payments");
     assert_eq!(routes.len(), 2);
     // The exact path is more specific than the prefix: it is matched first.
-    assert_eq!(routes[0].route_match.path.as_deref(), Some("/api/v1/payments/health"));
+    assert_eq!(
+        routes[0].route_match.path.as_deref(),
+        Some("/api/v1/payments/health")
+    );
     let post = &routes[1];
     assert_eq!(
         post.route_match,
-        RouteMatch { path_prefix: Some("/api/v1/payments".into()), path: None, methods: vec![Method::Post] }
+        RouteMatch {
+            path_prefix: Some("/api/v1/payments".into()),
+            path: None,
+            methods: vec![Method::Post]
+        }
     );
     let retry = post.policy.retry.as_ref().unwrap();
     let base_retry = base.retry.as_ref().unwrap();
     assert_eq!(retry.attempts.get(), 1, "overridden");
-    assert_eq!(retry.per_try_timeout, Some(Duration::from_millis(500)), "inherited");
+    assert_eq!(
+        retry.per_try_timeout,
+        Some(Duration::from_millis(500)),
+        "inherited"
+    );
     assert_eq!(retry.backoff, base_retry.backoff, "inherited");
     assert_eq!(retry.retry_on, base_retry.retry_on, "inherited");
     let cb = post.policy.circuit_breaker.as_ref().unwrap();
@@ -106,7 +138,11 @@ fn route_overrides_merge_field_by_field() {
     assert_eq!(post.policy.timeout, base.timeout, "not overridden at all");
     let health = &routes[0].policy;
     assert_eq!(health.timeout.request, Some(Duration::from_millis(100)));
-    assert_eq!(health.timeout.connect, Duration::from_millis(300), "inherited within the block");
+    assert_eq!(
+        health.timeout.connect,
+        Duration::from_millis(300),
+        "inherited within the block"
+    );
 }
 
 #[test]

@@ -63,9 +63,15 @@ fn check_structural(path: &str, s: &JSONSchemaProps, problems: &mut Vec<String>)
         problems.push(format!("{path}: additionalProperties beside properties"));
     }
     if preserve {
-        problems.push(format!("{path}: x-kubernetes-preserve-unknown-fields is not meant anywhere"));
+        problems.push(format!(
+            "{path}: x-kubernetes-preserve-unknown-fields is not meant anywhere"
+        ));
     }
-    for (name, list) in [("allOf", &s.all_of), ("anyOf", &s.any_of), ("oneOf", &s.one_of)] {
+    for (name, list) in [
+        ("allOf", &s.all_of),
+        ("anyOf", &s.any_of),
+        ("oneOf", &s.one_of),
+    ] {
         // Allowed only for int-or-string, where no types may be set inside.
         if list.as_ref().is_some_and(|l| !l.is_empty()) && !int_or_string {
             problems.push(format!("{path}: {name} outside int-or-string"));
@@ -75,15 +81,20 @@ fn check_structural(path: &str, s: &JSONSchemaProps, problems: &mut Vec<String>)
         check_structural(&format!("{path}.{name}"), child, problems);
     }
     if let Some(items) = &s.items {
-        match serde_json::to_value(items).ok().and_then(|v| serde_json::from_value::<JSONSchemaProps>(v).ok()) {
+        match serde_json::to_value(items)
+            .ok()
+            .and_then(|v| serde_json::from_value::<JSONSchemaProps>(v).ok())
+        {
             Some(items) => check_structural(&format!("{path}[]"), &items, problems),
             None => problems.push(format!("{path}: items is not a single schema")),
         }
     }
-    if let Some(ap) = &s.additional_properties {
-        if let Ok(child) = serde_json::from_value::<JSONSchemaProps>(serde_json::to_value(ap).unwrap()) {
-            check_structural(&format!("{path}{{}}"), &child, problems);
-        }
+    let additional = s
+        .additional_properties
+        .as_ref()
+        .map(|ap| serde_json::to_value(ap).unwrap());
+    if let Some(Ok(child)) = additional.map(serde_json::from_value::<JSONSchemaProps>) {
+        check_structural(&format!("{path}{{}}"), &child, problems);
     }
 }
 
@@ -94,11 +105,27 @@ fn crds_are_structural() {
         for version in &crd.spec.versions {
             assert_eq!(version.name, "v1alpha1");
             assert!(version.served && version.storage);
-            assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "status subresource");
-            let schema = version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).unwrap();
+            assert!(
+                version
+                    .subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some(),
+                "status subresource"
+            );
+            let schema = version
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .unwrap();
             let mut problems = Vec::new();
             check_structural(&crd.spec.names.kind, schema, &mut problems);
-            assert!(problems.is_empty(), "{} is not structural:\n{}", crd.spec.names.kind, problems.join("\n"));
+            assert!(
+                problems.is_empty(),
+                "{} is not structural:\n{}",
+                crd.spec.names.kind,
+                problems.join("\n")
+            );
         }
     }
 }
@@ -106,7 +133,10 @@ fn crds_are_structural() {
 #[test]
 fn crds_carry_the_cel_rules_and_printer_columns() {
     let crds = crds();
-    let rpol = crds.iter().find(|c| c.spec.names.kind == "ResiliencePolicy").unwrap();
+    let rpol = crds
+        .iter()
+        .find(|c| c.spec.names.kind == "ResiliencePolicy")
+        .unwrap();
     let v = &rpol.spec.versions[0];
     let text = serde_json::to_string(v).unwrap();
     for rule in [
@@ -117,13 +147,34 @@ fn crds_carry_the_cel_rules_and_printer_columns() {
     ] {
         assert!(text.contains(rule), "missing CEL rule {rule}");
     }
-    let columns: Vec<&str> = v.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+    let columns: Vec<&str> = v
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
     assert_eq!(columns, ["Target", "Accepted", "Conflicted", "Age"]);
-    assert_eq!(rpol.spec.names.short_names.as_deref(), Some(&["rpol".to_string()][..]));
+    assert_eq!(
+        rpol.spec.names.short_names.as_deref(),
+        Some(&["rpol".to_string()][..])
+    );
 
-    let msvc = crds.iter().find(|c| c.spec.names.kind == "MeshService").unwrap();
-    let columns: Vec<&str> =
-        msvc.spec.versions[0].additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
-    assert_eq!(columns, ["Ready", "Progressing", "Replicas", "Available", "Age"]);
-    assert_eq!(msvc.spec.names.short_names.as_deref(), Some(&["msvc".to_string()][..]));
+    let msvc = crds
+        .iter()
+        .find(|c| c.spec.names.kind == "MeshService")
+        .unwrap();
+    let columns: Vec<&str> = msvc.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        columns,
+        ["Ready", "Progressing", "Replicas", "Available", "Age"]
+    );
+    assert_eq!(
+        msvc.spec.names.short_names.as_deref(),
+        Some(&["msvc".to_string()][..])
+    );
 }
