@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests use; quiet and idempotent.
 set -euo pipefail
 need=()
-for pkg in "$@" openssl etcd-server; do
+for pkg in "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,0 +1,171 @@
+//! Attaches tests to the real control plane that `scripts/test.sh` (or
+//! `eval "$(e2e/control-plane.sh up)"`) started.
+//!
+//! The control plane is shared by the whole run: each test works in a
+//! namespace of its own, so tests run in parallel without seeing each other.
+//! Without `TRELLIS_TEST_KUBECONFIG` a test says it is skipped and returns —
+//! except under CI, where a missing control plane is a failure, not a skip.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, CustomResourceExt};
+use trellis_api::crd::{MeshService, ResiliencePolicy};
+
+/// Where the running control plane is.
+#[derive(Clone, Debug)]
+pub struct ControlPlane {
+    pub kubeconfig: PathBuf,
+    /// The control plane's folder (`TRELLIS_CP_DIR`), needed to restart the API server.
+    pub dir: Option<PathBuf>,
+}
+
+impl ControlPlane {
+    /// The control plane of this run, or `None` (after saying so) when there is none.
+    pub fn attach(test: &str) -> Option<ControlPlane> {
+        match std::env::var_os("TRELLIS_TEST_KUBECONFIG") {
+            Some(path) => Some(ControlPlane {
+                kubeconfig: PathBuf::from(path),
+                dir: std::env::var_os("TRELLIS_CP_DIR").map(PathBuf::from),
+            }),
+            None if std::env::var_os("CI").is_some() => {
+                panic!(
+                    "{test}: CI must run this against a real control plane: TRELLIS_TEST_KUBECONFIG is not set"
+                )
+            }
+            None => {
+                eprintln!(
+                    "{test}: skipped, TRELLIS_TEST_KUBECONFIG is not set (bash scripts/test.sh sets it)"
+                );
+                None
+            }
+        }
+    }
+
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        let config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// Runs the run's kubectl (v1.36, built beside the API server) with this kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let kubectl = std::env::var("TRELLIS_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+        Command::new(&kubectl)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .with_context(|| format!("running {kubectl}"))
+    }
+
+    /// Runs kubectl with `input` on its standard input (`-f -`).
+    pub fn kubectl_stdin(
+        &self,
+        args: &[&str],
+        input: &str,
+    ) -> anyhow::Result<std::process::Output> {
+        use std::io::Write;
+        let kubectl = std::env::var("TRELLIS_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+        let mut child = Command::new(&kubectl)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {kubectl}"))?;
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(input.as_bytes())?;
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Kills the API server and starts it again on the same port and etcd.
+    pub fn restart_apiserver(&self) -> anyhow::Result<()> {
+        let dir = self.dir.as_ref().context("TRELLIS_CP_DIR is not set")?;
+        let script = repo_root().join("e2e/control-plane.sh");
+        let status = Command::new("bash")
+            .arg(script)
+            .arg("restart-apiserver")
+            .env("TRELLIS_CP_DIR", dir)
+            .status()?;
+        if !status.success() {
+            bail!("restart-apiserver failed: {status}");
+        }
+        Ok(())
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Creates a namespace unique to this test.
+pub async fn test_namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    Ok(name)
+}
+
+/// Installs (or updates) both CRDs and waits until the API server serves them.
+pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("trellis-e2e").force();
+    for crd in [MeshService::crd(), ResiliencePolicy::crd()] {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(&name, &params, &Patch::Apply(&crd)).await?;
+        eventually(Duration::from_secs(30), || async {
+            let crd = crds.get(&name).await.ok()?;
+            let conditions = crd.status?.conditions?;
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        })
+        .await
+        .with_context(|| format!("CRD {name} not established"))?;
+    }
+    Ok(())
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
