@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests use; quiet and idempotent.
+# Installs Debian packages the tests use, without letting them start
+# system-wide daemons (tests start their own on free loopback ports).
 set -euo pipefail
 need=()
 for pkg in "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
-if [ ${#need[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  # Packages must not start system-wide daemons on default ports: tests start their own.
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  rm -f /usr/sbin/policy-rc.d
+((${#need[@]})) || exit 0
+policy=/usr/sbin/policy-rc.d created=0
+if [[ ! -e $policy ]]; then
+  printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created=1
 fi
+rc=0
+{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"; } >/dev/null || rc=$?
+((created)) && rm -f "$policy"
+exit $rc

@@ -50,10 +50,12 @@ cmd_deps() {
   if command -v systemctl >/dev/null 2>&1; then
     systemctl disable --now etcd >/dev/null 2>&1 || true
   fi
+  # The Debian service runs a bare `/usr/bin/etcd` (settings via env) on
+  # 2379/2380; etcds with arguments belong to someone else: leave them alone.
   local p
   for p in $(pgrep -x etcd 2>/dev/null || true); do
-    if [[ "$(tr '\0' ' ' </proc/$p/cmdline 2>/dev/null)" != *trellis* ]]; then
-      log "stopping system etcd (pid $p)"; kill "$p" 2>/dev/null || true
+    if [[ "$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)" == "/usr/bin/etcd " ]]; then
+      log "stopping the system etcd service (pid $p)"; kill "$p" 2>/dev/null || true
     fi
   done
 }
@@ -99,18 +101,30 @@ start() {
   local name=$1; shift
   setsid "$@" </dev/null >>"$DIR/logs/$name.log" 2>&1 &
   echo $! >"$DIR/pids/$name"
+  disown $!
 }
 
+# stop [-g GRACE_SECONDS] NAME...: SIGTERM all, wait up to GRACE (default 5 s)
+# for them to exit, then SIGKILL what is left.
 stop() {
-  local name=$1 pid i
-  [[ -f "$DIR/pids/$name" ]] || return 0
-  pid="$(cat "$DIR/pids/$name")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && { kill -KILL "$pid" 2>/dev/null || true; sleep 0.1; }
-  fi
-  rm -f "$DIR/pids/$name"
+  local grace=5 name pid i pids=()
+  if [[ "${1:-}" == -g ]]; then grace=$2; shift 2; fi
+  for name in "$@"; do
+    [[ -f "$DIR/pids/$name" ]] || continue
+    pid="$(cat "$DIR/pids/$name")"
+    if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid" 2>/dev/null || true; pids+=("$pid"); fi
+  done
+  for ((i = 0; i < grace * 20; i++)); do
+    local left=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    ((left)) || break
+    sleep 0.05
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for ((i = 0; i < 40; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  done
+  for name in "$@"; do rm -f "$DIR/pids/$name"; done
 }
 
 # wait_http NAME URL [curl args...]: until URL answers 200 or NAME dies.
@@ -123,6 +137,8 @@ wait_http() {
     sleep 0.1
   done
 }
+
+ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 
 api_curl_args() { echo --cacert "$DIR/pki/ca.crt" --cert "$DIR/pki/admin.crt" --key "$DIR/pki/admin.key"; }
 
@@ -209,6 +225,7 @@ start_etcd() {
     --quota-backend-bytes 2147483648 \
     --auto-compaction-mode periodic --auto-compaction-retention 5m \
     --snapshot-count 10000 \
+    --heartbeat-interval 10 --election-timeout 100 \
     --log-level warn
 }
 
@@ -228,6 +245,7 @@ start_apiserver() {
     --service-account-key-file="$DIR/pki/sa.pub" \
     --service-account-signing-key-file="$DIR/pki/sa.key" \
     --allow-privileged=true \
+    --endpoint-reconciler-type=none \
     --profiling=false \
     --v=1
 }
@@ -239,6 +257,7 @@ start_kcm() {
     --secure-port="$KCM_PORT" \
     --cert-dir="$DIR/kcm-certs" \
     --leader-elect=false \
+    --kube-api-qps=200 --kube-api-burst=400 \
     --use-service-account-credentials=true \
     --service-account-private-key-file="$DIR/pki/sa.key" \
     --root-ca-file="$DIR/pki/ca.crt" \
@@ -271,8 +290,10 @@ print_env() {
 cmd_up() {
   local t0ns
   t0ns=$(date +%s%N)
-  command -v etcd >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 \
-    || { [[ -n "${TRELLIS_CP_NO_INSTALL:-}" ]] && die "need etcd, openssl, curl (run $0 deps)"; cmd_deps; }
+  if ! command -v etcd >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
+    [[ -z "${TRELLIS_CP_NO_INSTALL:-}" ]] || die "need etcd, openssl, curl (run $0 deps)"
+    cmd_deps
+  fi
   BIN="$("$here/kube/build.sh" | tail -n1)"
   [[ -x "$BIN/kube-apiserver" ]] || die "build.sh did not produce binaries in $BIN"
 
@@ -283,7 +304,12 @@ cmd_up() {
       for p in "$DIR"/pids/*; do
         [[ -f $p ]] && kill -0 "$(cat "$p")" 2>/dev/null && die "$DIR already has a running control plane (run down first)"
       done
+      [[ -L "$DIR/etcd-data" && "$(readlink "$DIR/etcd-data")" == /dev/shm/trellis-etcd.* ]] \
+        && rm -rf "$(readlink "$DIR/etcd-data")"
       rm -rf "${DIR:?}"/*
+    elif [[ -d "$DIR" && -n "$(ls -A "$DIR")" ]]; then
+      # down removes the whole dir: never adopt one that holds other files.
+      die "$DIR exists, is not empty and is not a control-plane dir"
     fi
     mkdir -p "$DIR"
   else
@@ -309,34 +335,38 @@ APISERVER_PORT=$APISERVER_PORT
 KCM_PORT=$KCM_PORT
 EOF
 
+  # etcd needs no certificates (plain HTTP on loopback): start it first so
+  # its start-up overlaps with making the keys.
+  start_etcd
   gen_pki
+  log "certificates made after $(ms_since "$t0ns") ms"
   write_kubeconfig "$DIR/kubeconfig" trellis-admin "$DIR/pki/admin.crt" "$DIR/pki/admin.key"
   write_kubeconfig "$DIR/kcm.kubeconfig" kube-controller-manager "$DIR/pki/kcm.crt" "$DIR/pki/kcm.key"
-
-  start_etcd
   wait_http etcd "http://127.0.0.1:$ETCD_PORT/health"
+  log "etcd ready on :$ETCD_PORT after $(ms_since "$t0ns") ms"
   start_apiserver
   wait_apiserver
+  log "kube-apiserver ready on :$APISERVER_PORT after $(ms_since "$t0ns") ms"
   start_kcm
   wait_http kube-controller-manager "https://127.0.0.1:$KCM_PORT/healthz" -k
+  log "kube-controller-manager healthy after $(ms_since "$t0ns") ms"
   # The default ServiceAccount shows the controllers really run; pods cannot
   # be created in a namespace before it exists.
   local deadline=$((SECONDS + READY_TIMEOUT))
   # shellcheck disable=SC2046
   until curl -fsS -o /dev/null $(api_curl_args) \
-      "https://127.0.0.1:$APISERVER_PORT/api/v1/namespaces/default/serviceaccounts/default"; do
+      "https://127.0.0.1:$APISERVER_PORT/api/v1/namespaces/default/serviceaccounts/default" 2>/dev/null; do
     alive kube-controller-manager || die "kube-controller-manager exited; see $DIR/logs/kube-controller-manager.log"
     ((SECONDS < deadline)) || die "no default ServiceAccount after ${READY_TIMEOUT}s"
     sleep 0.1
   done
   trap - EXIT
-  log "ready in $(( ($(date +%s%N) - t0ns) / 1000000 )) ms: https://127.0.0.1:$APISERVER_PORT (dir $DIR)"
+  log "ready in $(ms_since "$t0ns") ms: https://127.0.0.1:$APISERVER_PORT (dir $DIR)"
   print_env
 }
 
 cmd_down_dir() {
-  local name
-  for name in kube-controller-manager kube-apiserver etcd; do stop "$name"; done
+  stop -g 0 kube-controller-manager kube-apiserver etcd
   if [[ -L "$DIR/etcd-data" ]]; then
     local target; target="$(readlink "$DIR/etcd-data")"
     [[ "$target" == /dev/shm/trellis-etcd.* ]] && rm -rf "$target"
@@ -378,7 +408,10 @@ cmd_restart_apiserver() {
   require_dir
   alive etcd || die "etcd is not running"
   local t0ns; t0ns=$(date +%s%N)
-  stop kube-apiserver
+  # SIGTERM, then SIGKILL after 2 s: a TERMed kube-apiserver drains HTTP/2
+  # watch streams for up to a minute (its request timeout) before it exits.
+  stop -g 2 kube-apiserver
+  log "old kube-apiserver gone after $(ms_since "$t0ns") ms"
   # The port is ours (we just released it); wait for the kernel to free it.
   local i
   for ((i = 0; i < 50; i++)); do
@@ -388,7 +421,7 @@ cmd_restart_apiserver() {
   echo "---- restart $(date -Is) ----" >>"$DIR/logs/kube-apiserver.log"
   start_apiserver
   wait_apiserver
-  log "kube-apiserver restarted on :$APISERVER_PORT in $(( ($(date +%s%N) - t0ns) / 1000000 )) ms"
+  log "kube-apiserver restarted on :$APISERVER_PORT in $(ms_since "$t0ns") ms"
 }
 
 case "${1:-}" in

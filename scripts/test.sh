@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash e2e/control-plane.sh deps
+bash e2e/control-plane.sh deps >/dev/null
 eval "$(bash e2e/control-plane.sh up)"
 trap 'bash e2e/control-plane.sh down >/dev/null 2>&1 || true' EXIT
 export TRELLIS_TEST_KUBECONFIG="$KUBECONFIG" TRELLIS_KUBECTL="$KUBECTL"

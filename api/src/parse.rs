@@ -16,8 +16,15 @@ pub fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T, ParseError> {
     let de = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let reason = e.into_inner().to_string();
-        // serde_yaml appends " at line L column C"; keep it, it helps people find the field.
+        let mut reason = e.into_inner().to_string();
+        // serde_yaml prefixes its own (shorter) path; ours is the full one.
+        if let Some((prefix, rest)) = reason.split_once(": ")
+            && !prefix.contains(' ')
+            && path.starts_with(prefix)
+        {
+            reason = rest.to_string();
+        }
+        // It appends " at line L column C"; kept, it helps people find the field.
         ParseError { path, reason }
     })
 }

@@ -1,0 +1,73 @@
+//! The `trellis` binary, run as a user runs it.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn trellis(args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn check_accepts_the_examples() {
+    let (ok, _, err) = trellis(
+        &[
+            "check",
+            "examples/shop/orders.yaml",
+            "examples/policies/payments.yaml",
+            "examples/policies/orders-routes.yaml",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("examples/policies/payments.yaml: 1 document(s) valid"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_names_the_bad_field() {
+    let doc = "apiVersion: mesh.trellis.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: p}\nspec:\n  targetRef: {kind: MeshService, name: x}\n  retry: {attempts: 11}\n";
+    let (ok, _, err) = trellis(&["check", "-"], doc);
+    assert!(!ok);
+    assert!(
+        err.contains("spec.retry.attempts: 11 is out of range 1..=10"),
+        "{err}"
+    );
+}
+
+#[test]
+fn inject_reads_stdin_and_writes_manifests() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, annotations: {mesh.trellis.dev/inject: enabled}}\nspec:\n  containers: [{name: app, image: busybox}]\n";
+    let (ok, out, err) = trellis(&["inject", "--proxy-image", "trellis/proxy:1.2"], pod);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("name: trellis-proxy") && out.contains("image: trellis/proxy:1.2"),
+        "{out}"
+    );
+    assert!(out.contains("restartPolicy: Always"), "{out}");
+}
+
+#[test]
+fn crds_prints_both_definitions() {
+    let (ok, out, _) = trellis(&["crds"], "");
+    assert!(ok);
+    assert!(out.contains("name: meshservices.mesh.trellis.dev"));
+    assert!(out.contains("name: resiliencepolicies.mesh.trellis.dev"));
+}
