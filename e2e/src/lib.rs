@@ -106,6 +106,67 @@ impl ControlPlane {
     }
 }
 
+/// The operator's ServiceAccount as `operator/rbac.yaml` declares it: (namespace, name).
+pub fn operator_service_account() -> anyhow::Result<(String, String)> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(repo_root().join("operator/rbac.yaml"))?;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v = serde_yaml::Value::deserialize(doc)?;
+        if v["kind"].as_str() == Some("ServiceAccount") {
+            let name = v["metadata"]["name"]
+                .as_str()
+                .context("ServiceAccount name")?;
+            let ns = v["metadata"]["namespace"]
+                .as_str()
+                .context("ServiceAccount namespace")?;
+            return Ok((ns.to_string(), name.to_string()));
+        }
+    }
+    bail!("operator/rbac.yaml declares no ServiceAccount")
+}
+
+/// A client that acts as the operator's ServiceAccount with exactly the
+/// permissions of `operator/rbac.yaml` (applied here), by impersonation.
+pub async fn operator_client(cp: &ControlPlane) -> anyhow::Result<Client> {
+    let (namespace, name) = operator_service_account()?;
+    // Once per test process: tests run in parallel and would race on creating the same objects.
+    static APPLIED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    APPLIED
+        .get_or_init(|| apply_rbac(cp, &namespace).map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)?;
+    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig)?;
+    let mut config =
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{name}"));
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{namespace}"),
+        "system:authenticated".into(),
+    ]);
+    Ok(Client::try_from(config)?)
+}
+
+fn apply_rbac(cp: &ControlPlane, namespace: &str) -> anyhow::Result<()> {
+    let ns_yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n");
+    let out = cp.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &ns_yaml)?;
+    if !out.status.success() {
+        bail!(
+            "creating namespace {namespace}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rbac = repo_root().join("operator/rbac.yaml");
+    let out = cp.kubectl(&["apply", "--server-side", "-f", &rbac.to_string_lossy()])?;
+    if !out.status.success() {
+        bail!(
+            "kubectl apply -f operator/rbac.yaml: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
