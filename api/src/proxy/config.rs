@@ -182,6 +182,9 @@ pub struct Upstream {
     /// Host names (without port) that route to this upstream:
     /// `orders`, `orders.shop`, `orders.shop.svc`, `orders.shop.svc.cluster.local`.
     pub authorities: Vec<String>,
+    /// Written `{static: {...}}`, not as a YAML tag, so people can write it too.
+    #[serde(with = "discovery_form")]
+    #[schemars(with = "Discovery")]
     pub discovery: Discovery,
     /// The service-level policy.
     pub policy: EffectivePolicy,
@@ -213,6 +216,26 @@ pub enum Discovery {
         port: Port,
         refresh: Duration,
     },
+}
+
+/// `{static: {...}}` is written; the YAML-tag form `!static {...}` is read too.
+mod discovery_form {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Discovery;
+
+    pub fn serialize<S: Serializer>(d: &Discovery, s: S) -> Result<S::Ok, S::Error> {
+        serde_yaml::with::singleton_map::serialize(d, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Discovery, D::Error> {
+        let value = serde_yaml::Value::deserialize(d)?;
+        let parsed = match value {
+            serde_yaml::Value::Tagged(_) => Discovery::deserialize(value),
+            other => serde_yaml::with::singleton_map::deserialize(other),
+        };
+        parsed.map_err(serde::de::Error::custom)
+    }
 }
 
 /// A route override of an upstream's policy.
