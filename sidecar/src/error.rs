@@ -34,6 +34,8 @@ pub enum ProxyError {
     Loop,
     #[error("malformed request")]
     BadRequest,
+    #[error("request headers too large")]
+    HeadersTooLarge,
 }
 
 impl ProxyError {
@@ -52,6 +54,7 @@ impl ProxyError {
             ProxyError::UpstreamReset => "reset",
             ProxyError::Loop => "loop",
             ProxyError::BadRequest => "bad-request",
+            ProxyError::HeadersTooLarge => "headers-too-large",
         }
     }
 
@@ -63,6 +66,7 @@ impl ProxyError {
             ProxyError::ConnectFailure | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::CircuitOpen
             | ProxyError::BudgetExhausted
             | ProxyError::NoEndpoints
@@ -82,6 +86,25 @@ impl ProxyError {
             HeaderValue::from_static("text/plain"),
         );
         rsp
+    }
+
+    /// The proxy error an attempt's error stands for: a `ProxyError` anywhere
+    /// in the source chain, else a connect failure, else a reset (the request
+    /// may have reached the upstream).
+    pub fn from_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+        let mut cur = Some(e);
+        while let Some(err) = cur {
+            if let Some(p) = err.downcast_ref::<ProxyError>() {
+                return *p;
+            }
+            if let Some(le) = err.downcast_ref::<hyper_util::client::legacy::Error>()
+                && le.is_connect()
+            {
+                return ProxyError::ConnectFailure;
+            }
+            cur = err.source();
+        }
+        ProxyError::UpstreamReset
     }
 
     /// The reason of a response the proxy generated, if it did.

@@ -1,0 +1,106 @@
+//! Pooled HTTP connections to endpoints, keeping the request's HTTP version
+//! end to end: an HTTP/1.x request goes out on an HTTP/1.1 connection, an
+//! HTTP/2 request (gRPC, h2c) on a multiplexed HTTP/2 connection (prior
+//! knowledge, no upgrade dance).
+//!
+//! Connections are pooled per endpoint address by hyper-util's client; one
+//! client pair exists per upstream (and one for the app), so pool settings
+//! follow the upstream's policy and a reloaded upstream gets fresh pools while
+//! requests on the old ones finish.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::{self, Body, BoxError};
+
+/// Which HTTP version to speak to the endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// The version the request came in with.
+    AsReceived,
+    /// Always HTTP/2 (gRPC apps).
+    Http2,
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    h1: Client<HttpConnector, Body>,
+    h2: Client<HttpConnector, Body>,
+}
+
+/// Connection settings of one client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientSettings {
+    pub connect_timeout: Duration,
+    /// Idle pooled connections are closed after this.
+    pub idle_timeout: Duration,
+}
+
+impl HttpClient {
+    pub fn new(settings: ClientSettings) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.enforce_http(true);
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.idle_timeout)
+            .pool_max_idle_per_host(usize::MAX)
+            .build(connector.clone());
+        let h2 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.idle_timeout)
+            .timer(TokioTimer::new())
+            .http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .http2_keep_alive_timeout(Duration::from_secs(10))
+            .http2_adaptive_window(true)
+            .build(connector);
+        HttpClient { h1, h2 }
+    }
+
+    /// Sends `req` to `to`. The request's path and headers are kept; its URI
+    /// is pointed at the endpoint (origin-form on HTTP/1.1, `:authority` is
+    /// the endpoint on HTTP/2 while `Host` keeps the logical authority).
+    pub async fn send(
+        &self,
+        mut req: Request<Body>,
+        to: SocketAddr,
+        wire: Wire,
+    ) -> Result<Response<Body>, BoxError> {
+        let h2 = wire == Wire::Http2 || req.version() == Version::HTTP_2;
+        // On HTTP/1.1 the logical authority travels in Host; an absolute-form
+        // URI's authority replaces whatever Host said (RFC 9112 §3.2.2).
+        // HTTP/2 carries `:authority` only; the endpoint's address takes its
+        // place, as it must name the connection.
+        if !h2
+            && let Some(a) = req.uri().authority()
+            && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+        {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(Authority::try_from(to.to_string().as_str())?);
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = Uri::from_parts(parts)?;
+        let rsp = if h2 {
+            *req.version_mut() = Version::HTTP_2;
+            self.h2.request(req).await?
+        } else {
+            if req.version() != Version::HTTP_10 {
+                *req.version_mut() = Version::HTTP_11;
+            }
+            self.h1.request(req).await?
+        };
+        Ok(rsp.map(body::boxed))
+    }
+}

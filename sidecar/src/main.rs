@@ -1,0 +1,106 @@
+//! `trellis-proxy --config /etc/trellis/proxy.yaml`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use trellis_api::proxy::ProxyConfig;
+use trellis_proxy::{Options, Proxy};
+
+#[derive(Parser, Debug)]
+#[command(name = "trellis-proxy", version, about = "The Trellis sidecar proxy")]
+struct Args {
+    /// The proxy config (apiVersion proxy.trellis.dev/v1); watched for changes.
+    #[arg(
+        long,
+        env = "TRELLIS_PROXY_CONFIG",
+        default_value = "/etc/trellis/proxy.yaml"
+    )]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let text = match std::fs::read_to_string(&args.config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("trellis-proxy: cannot read {}: {e}", args.config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match ProxyConfig::from_yaml(&text) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("trellis-proxy: {}: {e}", args.config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // A sidecar shares its pod's CPU with the app: let the pod spec cap the
+    // proxy's threads (default: one per core).
+    if let Some(n) = std::env::var("TRELLIS_PROXY_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("trellis-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let opts = Options {
+            config_path: Some(args.config),
+            ..Options::default()
+        };
+        let proxy = match Proxy::start_with(config, opts).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        proxy.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// `RUST_LOG` wins over the config's level, for debugging a running pod.
+fn init_logging(config: &ProxyConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(config.log.level.as_str()));
+    // Colors only for people: a pod's log is a pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
+    if config.log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// SIGTERM (the kubelet) or SIGINT (a terminal).
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("signal received");
+}

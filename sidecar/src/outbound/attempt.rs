@@ -1,0 +1,133 @@
+//! One attempt of a request: pick an endpoint (avoiding those earlier
+//! attempts of the same request used), open a client span, send it over the
+//! pooled connection, and tell the balancer and the outcome observer how it
+//! went. This is the innermost service of the outbound stack; the retry
+//! layer calls it once per try.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use tower::Service;
+
+use crate::balance::{Endpoint, EndpointSet, Outcome, TriedEndpoints};
+use crate::body::{Body, BoxError};
+use crate::client::{HttpClient, Wire};
+use crate::error::ProxyError;
+use crate::trace::Telemetry;
+
+#[derive(Clone)]
+pub struct Attempt {
+    peer: Arc<str>,
+    endpoints: Arc<EndpointSet>,
+    client: HttpClient,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Attempt {
+    pub fn new(
+        peer: &str,
+        endpoints: Arc<EndpointSet>,
+        client: HttpClient,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        Attempt {
+            peer: peer.into(),
+            endpoints,
+            client,
+            telemetry,
+        }
+    }
+}
+
+/// Reports the attempt's outcome exactly once, `Cancelled` if it is dropped
+/// unfinished (a timeout above it fired).
+struct Report {
+    set: Arc<EndpointSet>,
+    endpoint: Arc<Endpoint>,
+    start: Instant,
+    done: bool,
+}
+
+impl Report {
+    fn finish(mut self, outcome: impl FnOnce(Duration) -> Outcome) {
+        self.done = true;
+        let latency = self.start.elapsed();
+        self.set.record(&self.endpoint, outcome(latency));
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if !self.done {
+            let latency = self.start.elapsed();
+            self.endpoint.observe_failure();
+            self.set
+                .record(&self.endpoint, Outcome::Cancelled { latency });
+        }
+    }
+}
+
+impl Service<Request<Body>> for Attempt {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let tried = req.extensions().get::<TriedEndpoints>().cloned();
+        let avoid = tried.as_ref().map(TriedEndpoints::list).unwrap_or_default();
+        let Some(endpoint) = self.endpoints.pick(&avoid) else {
+            return Box::pin(async { Err(ProxyError::NoEndpoints.into()) });
+        };
+        if let Some(t) = &tried {
+            t.push(endpoint.addr());
+        }
+        let mut span = self
+            .telemetry
+            .client_span(&mut req, &self.peer, endpoint.addr());
+        let client = self.client.clone();
+        let report = Report {
+            set: self.endpoints.clone(),
+            endpoint: endpoint.clone(),
+            start: Instant::now(),
+            done: false,
+        };
+        Box::pin(async move {
+            let in_flight = endpoint.start();
+            let result = client.send(req, endpoint.addr(), Wire::AsReceived).await;
+            drop(in_flight);
+            match result {
+                Ok(rsp) => {
+                    endpoint.observe(report.start.elapsed());
+                    span.response(rsp.status());
+                    let status = rsp.status();
+                    let grpc_status = rsp
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
+                    report.finish(|latency| Outcome::Response {
+                        status,
+                        grpc_status,
+                        latency,
+                    });
+                    Ok(rsp)
+                }
+                Err(e) => {
+                    endpoint.observe_failure();
+                    let error = ProxyError::from_error(e.as_ref());
+                    span.error(error.reason());
+                    report.finish(|latency| Outcome::Failed { error, latency });
+                    Err(e)
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,243 @@
+//! The outbound side: the app's HTTP proxy. A request is routed to an
+//! upstream by its authority (absolute-form URI or `:authority` first, else
+//! `Host`; port and case ignored) and handed to that upstream's stack.
+
+pub mod attempt;
+pub mod route;
+pub mod stack;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use tower::ServiceExt;
+
+use crate::balance::EndpointSet;
+use crate::body::Body;
+use crate::client::{ClientSettings, HttpClient};
+use crate::discovery::{self, DiscoveryTask, KubeClient};
+use crate::error::ProxyError;
+use crate::hygiene::{self, Hop};
+use crate::metrics::Metrics;
+use crate::resilience::UpstreamResilience;
+use crate::server::Handler;
+use crate::trace::Telemetry;
+use crate::{Direction, HttpService, observe};
+use trellis_api::proxy::{HttpSettings, Upstream};
+
+pub use route::{RoutePolicy, select_route};
+
+/// The `peer` label of requests no upstream took (unknown authority, loops…).
+pub const UNROUTED_PEER: &str = "unknown";
+
+/// One upstream as currently configured.
+pub struct UpstreamState {
+    pub config: Arc<Upstream>,
+    pub endpoints: Arc<EndpointSet>,
+    client: HttpClient,
+    client_settings: ClientSettings,
+    /// Breakers, budgets, bulkheads and outlier state; carried across reloads.
+    resilience: Arc<UpstreamResilience>,
+    stack: HttpService,
+    _discovery: Arc<DiscoveryTask>,
+}
+
+/// What building a route table needs besides the config.
+pub struct BuildContext<'a> {
+    pub metrics: &'a Metrics,
+    pub telemetry: &'a Arc<Telemetry>,
+    pub kube: &'a KubeClient,
+}
+
+/// Upstreams by name and by authority; replaced whole on reload.
+#[derive(Default)]
+pub struct RouteTable {
+    upstreams: BTreeMap<String, Arc<UpstreamState>>,
+    hosts: HashMap<String, Arc<UpstreamState>>,
+}
+
+impl RouteTable {
+    /// Builds the table for `upstreams`, reusing from `previous` what did not
+    /// change: an upstream with the same discovery keeps its endpoint set
+    /// (and latency estimates) and discovery task; the same timeouts keep
+    /// its connection pools. Stacks are always rebuilt from the new policy.
+    pub fn build(upstreams: &[Upstream], previous: &RouteTable, cx: &BuildContext<'_>) -> Self {
+        let mut table = RouteTable::default();
+        for up in upstreams {
+            let old = previous.upstreams.get(&up.name);
+            let (endpoints, disc) = match old {
+                Some(o) if o.config.discovery == up.discovery => {
+                    (o.endpoints.clone(), o._discovery.clone())
+                }
+                _ => {
+                    let set = Arc::new(EndpointSet::new(up.name.clone()));
+                    let task = discovery::start(&up.discovery, set.clone(), cx.kube);
+                    (set, Arc::new(task))
+                }
+            };
+            let settings = ClientSettings {
+                connect_timeout: up.policy.timeout.connect.as_std(),
+                idle_timeout: up.policy.timeout.idle.as_std(),
+            };
+            let client = match old {
+                Some(o) if o.client_settings == settings => o.client.clone(),
+                _ => HttpClient::new(settings),
+            };
+            let resilience = Arc::new(match old {
+                Some(o) => o.resilience.reload(up),
+                None => UpstreamResilience::new(up, cx.metrics),
+            });
+            let config = Arc::new(up.clone());
+            let stack = stack::build(stack::UpstreamTarget {
+                upstream: &config,
+                endpoints: &endpoints,
+                resilience: &resilience,
+                client: &client,
+                metrics: cx.metrics,
+                telemetry: cx.telemetry,
+            });
+            let state = Arc::new(UpstreamState {
+                config,
+                endpoints,
+                client,
+                client_settings: settings,
+                resilience,
+                stack,
+                _discovery: disc,
+            });
+            for host in &up.authorities {
+                table
+                    .hosts
+                    .insert(normalize_host(host).to_string(), state.clone());
+            }
+            table.upstreams.insert(up.name.clone(), state);
+        }
+        table
+    }
+
+    /// The upstream serving `host` (port and case ignored).
+    pub fn lookup(&self, host: &str) -> Option<&Arc<UpstreamState>> {
+        self.hosts.get(normalize_host(host).as_str())
+    }
+
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<UpstreamState>> {
+        self.upstreams.values()
+    }
+}
+
+/// `Orders.Shop:8080` → `orders.shop`; `[::1]:80` → `::1`; a trailing dot goes.
+fn normalize_host(authority: &str) -> String {
+    let host = match authority.parse::<http::uri::Authority>() {
+        Ok(a) => a
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        Err(_) => authority.to_string(),
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The authority a request is addressed to.
+fn target_authority<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The outbound listener's state.
+pub struct Outbound {
+    pub table: ArcSwap<RouteTable>,
+    hop: Hop,
+    settings: Arc<ArcSwap<HttpSettings>>,
+    metrics: Metrics,
+}
+
+impl Outbound {
+    pub fn new(instance: &str, settings: Arc<ArcSwap<HttpSettings>>, metrics: Metrics) -> Self {
+        Outbound {
+            table: ArcSwap::from_pointee(RouteTable::default()),
+            hop: Hop::new(instance, Direction::Outbound),
+            settings,
+            metrics,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct OutboundHandler(pub Arc<Outbound>);
+
+impl OutboundHandler {
+    fn reject(&self, e: ProxyError, start: Instant) -> Response<Body> {
+        let rsp = e.into_response();
+        observe::record(
+            &self.0.metrics,
+            Direction::Outbound,
+            UNROUTED_PEER,
+            &rsp,
+            start,
+        );
+        rsp
+    }
+}
+
+impl Handler for OutboundHandler {
+    fn handle(
+        &self,
+        mut req: Request<Body>,
+        remote: SocketAddr,
+    ) -> BoxFuture<'static, Response<Body>> {
+        let start = Instant::now();
+        let max_headers = self.0.settings.load().max_headers as usize;
+        let routed = self
+            .0
+            .hop
+            .on_request(&mut req, remote, max_headers)
+            .and_then(|()| {
+                let authority = target_authority(&req).ok_or(ProxyError::UnknownUpstream)?;
+                let table = self.0.table.load();
+                table
+                    .lookup(&authority)
+                    .map(|u| u.stack.clone())
+                    .ok_or(ProxyError::UnknownUpstream)
+            });
+        let stack = match routed {
+            Ok(s) => s,
+            Err(e) => return Box::pin(std::future::ready(self.reject(e, start))),
+        };
+        let call: BoxFuture<'static, Result<Response<Body>, std::convert::Infallible>> =
+            Box::pin(stack.oneshot(req));
+        Box::pin(async move {
+            let mut rsp = match call.await {
+                Ok(rsp) => rsp,
+                Err(never) => match never {},
+            };
+            hygiene::on_response(&mut rsp);
+            rsp
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(normalize_host("Orders.Shop:8080"), "orders.shop");
+        assert_eq!(
+            normalize_host("orders.shop.svc.cluster.local."),
+            "orders.shop.svc.cluster.local"
+        );
+        assert_eq!(normalize_host("[::1]:80"), "::1");
+        assert_eq!(normalize_host("orders"), "orders");
+    }
+}
