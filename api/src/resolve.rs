@@ -145,8 +145,9 @@ fn age_key(p: &ResiliencePolicy) -> (bool, Option<k8s_openapi::jiff::Timestamp>,
     )
 }
 
-/// Higher is more specific: an exact path beats a longer prefix beats methods alone.
-fn specificity(m: &RouteMatch) -> (u8, usize, usize) {
+/// Higher is more specific: an exact path beats a longer prefix beats methods alone;
+/// with methods beats without. The sidecar tries routes in this order.
+pub fn specificity(m: &RouteMatch) -> (u8, usize, usize) {
     let path = match (&m.path, &m.path_prefix) {
         (Some(p), _) => (2, p.len()),
         (None, Some(p)) => (1, p.len()),

@@ -568,3 +568,90 @@ async fn one_leader_reconciles_and_the_other_takes_over() {
         .expect("reconciled by the new leader");
     follower.shutdown().await;
 }
+
+#[tokio::test]
+async fn validating_webhook_denies_what_cel_cannot_see() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    let Some(env) = setup("validate_validating_webhook_denies_what_cel_cannot_see").await else {
+        return;
+    };
+    let certs = trellis_operator::CertConfig {
+        secret_name: format!("trellis-webhook-ca-{}", env.ns),
+        secret_namespace: trellis_e2e::operator_service_account().unwrap().0,
+        hosts: vec!["127.0.0.1".into()],
+        mutating_webhook: None,
+        validating_webhook: None,
+        ca_validity: Duration::from_secs(3600 * 24),
+        cert_validity: Duration::from_secs(3600),
+        check_interval: Duration::from_secs(60),
+    };
+    let webhook = trellis_operator::WebhookConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        certs,
+    };
+    let op = start_operator(
+        &env,
+        OperatorConfig {
+            webhook: Some(webhook),
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = op.webhook_addr().unwrap();
+    let bundle = eventually(WAIT, || async { op.ca_bundle().filter(|b| !b.is_empty()) })
+        .await
+        .unwrap();
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(bundle);
+    let name = format!("trellis-validate-{}", env.ns);
+    let config: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "validate.mesh.trellis.dev",
+            "clientConfig": {"url": format!("https://{addr}/validate"), "caBundle": ca},
+            "rules": [{"apiGroups": ["mesh.trellis.dev"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"], "resources": ["resiliencepolicies"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": env.ns}},
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "failurePolicy": "Fail"
+        }]
+    }))
+    .unwrap();
+    let configs = Api::<ValidatingWebhookConfiguration>::all(env.admin.clone());
+    configs
+        .create(&PostParams::default(), &config)
+        .await
+        .unwrap();
+
+    // Two routes with the same match: valid to the schema, but the second could never apply.
+    let duplicated: ResiliencePolicy = from_yaml(
+        "apiVersion: mesh.trellis.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: dup}\nspec:\n  targetRef: {kind: MeshService, name: payments}\n  routes:\n  - match: {pathPrefix: /pay}\n    retry: {attempts: 1}\n  - match: {pathPrefix: /pay}\n    retry: {attempts: 3}\n",
+    )
+    .unwrap();
+    let rpol = Api::<ResiliencePolicy>::namespaced(env.admin.clone(), &env.ns);
+    let denial = eventually(WAIT, || async {
+        match rpol.create(&PostParams::default(), &duplicated).await {
+            Err(kube::Error::Api(e)) if e.message.contains("duplicates") => Some(e.message),
+            Ok(_) => {
+                // Created before the API server saw the webhook: remove and try again.
+                let _ = rpol.delete("dup", &DeleteParams::default()).await;
+                None
+            }
+            Err(_) => None,
+        }
+    })
+    .await
+    .expect("the API server calls /validate and denies the policy");
+    assert!(
+        denial.contains("routes[1].match"),
+        "the message names the route: {denial}"
+    );
+    create(&env.admin, &env.ns, &policy("fine", "payments", 2)).await;
+    configs
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    op.shutdown().await;
+}

@@ -10,7 +10,7 @@
 use std::cmp::Reverse;
 
 use trellis_api::crd::{ResiliencePolicySpec, RouteMatch};
-use trellis_api::resolve::describe_match;
+use trellis_api::resolve::{describe_match, specificity};
 
 /// Problems found: `errors` deny the request, `warnings` are shown to the user.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -82,17 +82,6 @@ pub fn validate_policy(spec: &ResiliencePolicySpec) -> Findings {
         }
     }
     f
-}
-
-/// Exact path beats a longer prefix beats a shorter prefix beats methods only;
-/// with methods beats without (the same order as the proxy config's routes).
-fn specificity(m: &RouteMatch) -> (u8, usize, usize) {
-    let path = match (&m.path, &m.path_prefix) {
-        (Some(p), _) => (2, p.len()),
-        (None, Some(p)) => (1, p.len()),
-        (None, None) => (0, 0),
-    };
-    (path.0, path.1, usize::from(!m.methods.is_empty()))
 }
 
 fn same(a: &RouteMatch, b: &RouteMatch) -> bool {
