@@ -48,6 +48,44 @@ async fn start_operator(env: &Env, config: OperatorConfig) -> Operator {
     Operator::start(client, config).await.unwrap()
 }
 
+/// An operator serving the webhooks on 127.0.0.1 with its self-managed
+/// certificate: (operator, webhook address, base64 CA bundle for a `caBundle`).
+async fn start_webhook_operator(env: &Env) -> (Operator, std::net::SocketAddr, String) {
+    use base64::Engine as _;
+    let certs = trellis_operator::CertConfig {
+        // The operator may touch Secrets in its own namespace only (operator/rbac.yaml).
+        secret_name: format!("trellis-webhook-ca-{}", env.ns),
+        secret_namespace: trellis_e2e::operator_service_account().unwrap().0,
+        hosts: vec!["127.0.0.1".into()],
+        mutating_webhook: None,
+        validating_webhook: None,
+        ca_validity: Duration::from_secs(3600 * 24),
+        cert_validity: Duration::from_secs(3600),
+        check_interval: Duration::from_secs(60),
+    };
+    let webhook = trellis_operator::WebhookConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        certs,
+    };
+    let op = start_operator(
+        env,
+        OperatorConfig {
+            webhook: Some(webhook),
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = op.webhook_addr().unwrap();
+    let bundle = eventually(WAIT, || async { op.ca_bundle().filter(|b| !b.is_empty()) })
+        .await
+        .unwrap();
+    (
+        op,
+        addr,
+        base64::engine::general_purpose::STANDARD.encode(bundle),
+    )
+}
+
 fn mesh_service(name: &str, upstreams: &[&str], replicas: i32) -> MeshService {
     from_yaml(&format!(
         "apiVersion: mesh.trellis.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: {name}}}\nspec: {{image: trellis/{name}:dev, port: 8080, replicas: {replicas}, upstreams: {upstreams:?}}}\n"
@@ -382,35 +420,7 @@ async fn webhook_injects_annotated_pods_through_the_api_server() {
     let Some(env) = setup("webhook_injects_annotated_pods_through_the_api_server").await else {
         return;
     };
-    let certs = trellis_operator::CertConfig {
-        // The operator may touch Secrets in its own namespace only (operator/rbac.yaml).
-        secret_name: format!("trellis-webhook-ca-{}", env.ns),
-        secret_namespace: trellis_e2e::operator_service_account().unwrap().0,
-        hosts: vec!["127.0.0.1".into()],
-        mutating_webhook: None,
-        validating_webhook: None,
-        ca_validity: Duration::from_secs(3600 * 24),
-        cert_validity: Duration::from_secs(3600),
-        check_interval: Duration::from_secs(60),
-    };
-    let webhook = trellis_operator::WebhookConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        certs,
-    };
-    let op = start_operator(
-        &env,
-        OperatorConfig {
-            webhook: Some(webhook),
-            ..Default::default()
-        },
-    )
-    .await;
-    let addr = op.webhook_addr().unwrap();
-    let bundle = eventually(WAIT, || async { op.ca_bundle().filter(|b| !b.is_empty()) })
-        .await
-        .unwrap();
-    use base64::Engine as _;
-    let ca = base64::engine::general_purpose::STANDARD.encode(bundle);
+    let (op, addr, ca) = start_webhook_operator(&env).await;
 
     // Only this test's namespace is sent to the webhook: other tests' pods are not affected.
     let name = format!("trellis-inject-{}", env.ns);
@@ -575,34 +585,7 @@ async fn validating_webhook_denies_what_cel_cannot_see() {
     let Some(env) = setup("validate_validating_webhook_denies_what_cel_cannot_see").await else {
         return;
     };
-    let certs = trellis_operator::CertConfig {
-        secret_name: format!("trellis-webhook-ca-{}", env.ns),
-        secret_namespace: trellis_e2e::operator_service_account().unwrap().0,
-        hosts: vec!["127.0.0.1".into()],
-        mutating_webhook: None,
-        validating_webhook: None,
-        ca_validity: Duration::from_secs(3600 * 24),
-        cert_validity: Duration::from_secs(3600),
-        check_interval: Duration::from_secs(60),
-    };
-    let webhook = trellis_operator::WebhookConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        certs,
-    };
-    let op = start_operator(
-        &env,
-        OperatorConfig {
-            webhook: Some(webhook),
-            ..Default::default()
-        },
-    )
-    .await;
-    let addr = op.webhook_addr().unwrap();
-    let bundle = eventually(WAIT, || async { op.ca_bundle().filter(|b| !b.is_empty()) })
-        .await
-        .unwrap();
-    use base64::Engine as _;
-    let ca = base64::engine::general_purpose::STANDARD.encode(bundle);
+    let (op, addr, ca) = start_webhook_operator(&env).await;
     let name = format!("trellis-validate-{}", env.ns);
     let config: ValidatingWebhookConfiguration = serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
