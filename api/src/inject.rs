@@ -13,7 +13,14 @@ use crate::proxy::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
 
 /// Pod annotation (and namespace label) that asks for injection: `enabled` or `disabled`.
 pub const INJECT_ANNOTATION: &str = "mesh.trellis.dev/inject";
+/// Pod annotation naming the MeshService whose sidecar config an injected pod uses.
+pub const SERVICE_ANNOTATION: &str = "mesh.trellis.dev/service";
 pub const PROXY_CONTAINER: &str = "trellis-proxy";
+
+/// The ConfigMap that holds a MeshService's rendered `proxy.yaml`.
+pub fn config_map_name(service: &str) -> String {
+    format!("{service}-proxy")
+}
 pub const CONFIG_VOLUME: &str = "trellis-proxy-config";
 pub const CONFIG_DIR: &str = "/etc/trellis";
 pub const CONFIG_FILE: &str = "proxy.yaml";

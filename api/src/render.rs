@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bounded::Port;
 use crate::crd::{MeshService, Protocol, ResiliencePolicy};
-use crate::inject::{CONFIG_FILE, InjectError, ProxySettings, inject};
+use crate::inject::{CONFIG_FILE, InjectError, ProxySettings, config_map_name, inject};
 use crate::proxy::{
     self, ADMIN_PORT, App, Discovery, INBOUND_PORT, Identity, Listeners, OUTBOUND_PORT,
     ProxyConfig, Tracing, Upstream,
@@ -142,7 +142,7 @@ pub fn render(
         owner_references: owner.clone().map(|o: OwnerReference| vec![o]),
         ..Default::default()
     };
-    let config_map_name = format!("{name}-proxy");
+    let config_map_name = config_map_name(&name);
     let proxy_role_name = format!("{name}-trellis-proxy");
 
     let mut proxy_settings = settings.proxy.clone();

@@ -95,6 +95,35 @@ async fn annotated_pod_is_injected_with_a_json_patch() {
 }
 
 #[tokio::test]
+async fn a_pod_naming_its_mesh_service_mounts_that_services_config() {
+    let config_map = |annotations: Value| {
+        let original = pod(annotations, json!(null));
+        async move {
+            let (review, _) = webhook::review_inject(&state(None), &review(original.clone())).await;
+            let mut patched = original;
+            json_patch::patch(
+                &mut patched,
+                &patch_of(response(&review)).expect("a patch").0,
+            )
+            .unwrap();
+            let pod: Pod = serde_json::from_value(patched).unwrap();
+            let volumes = pod.spec.unwrap().volumes.unwrap();
+            volumes
+                .iter()
+                .find_map(|v| v.config_map.as_ref().map(|c| c.name.clone()))
+                .unwrap()
+        }
+    };
+    let named = json!({"mesh.trellis.dev/inject": "enabled", "mesh.trellis.dev/service": "orders"});
+    assert_eq!(config_map(named).await, "orders-proxy");
+    let unnamed = json!({"mesh.trellis.dev/inject": "enabled"});
+    assert_eq!(
+        config_map(unnamed).await,
+        ProxySettings::default().config_map
+    );
+}
+
+#[tokio::test]
 async fn pods_without_the_annotation_or_disabled_are_skipped() {
     for annotations in [
         json!(null),

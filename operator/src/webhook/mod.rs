@@ -27,7 +27,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use trellis_api::crd::ResiliencePolicy;
-use trellis_api::inject::{INJECT_ANNOTATION, ProxySettings, inject, is_injected};
+use trellis_api::inject::{
+    INJECT_ANNOTATION, ProxySettings, SERVICE_ANNOTATION, config_map_name, inject, is_injected,
+};
 
 use crate::certs::CertStore;
 use crate::metrics::Metrics;
@@ -205,7 +207,18 @@ async fn inject_request(
     if is_injected(&spec) {
         return (allowed, Outcome::AlreadyInjected);
     }
-    let injected = match inject(spec, &state.proxy) {
+    // A pod that names its MeshService shares that service's rendered config.
+    let mut settings = state.proxy.clone();
+    if let Some(service) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SERVICE_ANNOTATION))
+        .filter(|s| !s.is_empty())
+    {
+        settings.config_map = config_map_name(service);
+    }
+    let injected = match inject(spec, &settings) {
         Ok(s) => s,
         Err(e) => return error_response(req, format!("cannot add the sidecar: {e}")),
     };
