@@ -14,6 +14,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "building trellis-operator"
 cargo build -q -p trellis-operator
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 say "starting the control plane (first run builds kube-apiserver from Go modules: minutes)"
 bash e2e/control-plane.sh deps >/dev/null
@@ -38,7 +39,7 @@ kubectl apply -f examples/shop/00-namespace.yaml
 kubectl apply -f examples/shop/ -f examples/policies/
 
 say "running the operator (log: $TRELLIS_CP_DIR/logs/trellis-operator.log)"
-./target/debug/trellis-operator run \
+"$target_dir/debug/trellis-operator" run \
   --webhook=false --leader-election=false \
   --metrics-bind 127.0.0.1:0 \
   >"$TRELLIS_CP_DIR/logs/trellis-operator.log" 2>&1 &
