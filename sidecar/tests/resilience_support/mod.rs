@@ -1,33 +1,33 @@
-//! Real upstream servers on 127.0.0.1 that fail on command, and a real-HTTP
-//! "attempt" service under the resilience stack: the balancer's
-//! [`EndpointSet`] (P2C, skipping ejected endpoints and those already tried)
-//! and a pooled hyper client, reporting every attempt's outcome to the
-//! endpoint set like the core's `outbound::attempt` does.
+//! The resilience bench's harness: the outbound resilience stack composed by
+//! hand over a real-HTTP "attempt" service — the balancer's [`EndpointSet`]
+//! (P2C, skipping ejected endpoints and those already tried) and a pooled
+//! hyper client, reporting every attempt's outcome to the endpoint set like
+//! the core's `outbound::attempt` does — in front of [`FaultServer`]s.
 //!
-//! Shared by `tests/resilience_process.rs` and `bench/resilience` (which
-//! includes this file by path).
+//! Only `bench/resilience` uses this file (it includes it by path). The
+//! process tests (`tests/resilience_process.rs`) go through the real proxy
+//! instead and include `fault.rs` and `mesh.rs` directly.
 
 #![allow(dead_code)]
 
+mod fault;
+
+pub use fault::*;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
+use hyper_util::rt::TokioExecutor;
+use tokio::task::JoinSet;
 use tower::{Service, ServiceExt};
 use trellis_api::proxy::{Discovery, EffectivePolicy, Route, Upstream};
 use trellis_proxy::balance::{Endpoint, EndpointSet, Outcome, TriedEndpoints};
@@ -35,175 +35,6 @@ use trellis_proxy::body::{Body, BoxError};
 use trellis_proxy::error::{ERROR_HEADER, ProxyError};
 use trellis_proxy::metrics::Metrics;
 use trellis_proxy::resilience::{self, ResilientService, UpstreamResilience};
-
-/// What an upstream does with each request.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Mode {
-    Ok,
-    Status(u16),
-    /// Fails with `status` at this rate, from a seeded sequence.
-    Random {
-        rate: f64,
-        status: u16,
-    },
-    /// Closes the connection without answering.
-    Reset,
-    /// Answers 200 after a delay.
-    Delay(Duration),
-    /// gRPC: `grpc-status` in the trailers, after one message.
-    GrpcTrailer(u16),
-    /// The first `n` requests get gRPC UNAVAILABLE in trailers, then OK.
-    GrpcUnavailableFirst(u64),
-}
-
-/// One request an upstream received.
-#[derive(Clone, Debug)]
-pub struct Seen {
-    pub method: http::Method,
-    pub path: String,
-    pub body: Bytes,
-}
-
-struct State {
-    mode: Mutex<Mode>,
-    hits: AtomicU64,
-    seen: Mutex<Vec<Seen>>,
-    rng: Mutex<StdRng>,
-}
-
-/// An upstream server; `down()` closes its listener and every connection,
-/// `up()` binds the same address again.
-pub struct FaultServer {
-    pub addr: SocketAddr,
-    state: Arc<State>,
-    task: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for FaultServer {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.lock().unwrap().take() {
-            t.abort();
-        }
-    }
-}
-
-type RspBody = BoxBody<Bytes, Infallible>;
-
-fn full(b: impl Into<Bytes>) -> RspBody {
-    Full::new(b.into()).boxed()
-}
-
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<RspBody>, BoxError> {
-    let (parts, body) = req.into_parts();
-    let body = body.collect().await?.to_bytes();
-    let n = state.hits.fetch_add(1, Ordering::SeqCst);
-    state.seen.lock().unwrap().push(Seen {
-        method: parts.method.clone(),
-        path: parts.uri.path().to_string(),
-        body,
-    });
-    let mode = *state.mode.lock().unwrap();
-    let status = |s: u16| {
-        let mut r = Response::new(full(format!("status {s}\n")));
-        *r.status_mut() = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        Ok(r)
-    };
-    let grpc = |code: u16| {
-        let mut t = http::HeaderMap::new();
-        t.insert("grpc-status", code.into());
-        let body = Full::new(Bytes::from_static(b"\0\0\0\0\x02hi"))
-            .with_trailers(async move { Some(Ok(t)) })
-            .boxed();
-        let mut r = Response::new(body);
-        r.headers_mut().insert(
-            "content-type",
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        Ok(r)
-    };
-    match mode {
-        Mode::Ok => status(200),
-        Mode::Status(s) => status(s),
-        Mode::Random { rate, status: s } => {
-            let fail = state.rng.lock().unwrap().random::<f64>() < rate;
-            status(if fail { s } else { 200 })
-        }
-        Mode::Reset => Err("reset on command".into()),
-        Mode::Delay(d) => {
-            tokio::time::sleep(d).await;
-            status(200)
-        }
-        Mode::GrpcTrailer(code) => grpc(code),
-        Mode::GrpcUnavailableFirst(k) => grpc(if n < k { 14 } else { 0 }),
-    }
-}
-
-async fn serve(listener: TcpListener, state: Arc<State>) {
-    let mut conns = JoinSet::new();
-    loop {
-        while conns.try_join_next().is_some() {}
-        let Ok((stream, _)) = listener.accept().await else {
-            return;
-        };
-        let st = state.clone();
-        conns.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-}
-
-impl FaultServer {
-    pub async fn start(mode: Mode) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State {
-            mode: Mutex::new(mode),
-            hits: AtomicU64::new(0),
-            seen: Mutex::new(Vec::new()),
-            rng: Mutex::new(StdRng::seed_from_u64(7)),
-        });
-        let task = tokio::spawn(serve(listener, state.clone()));
-        FaultServer {
-            addr,
-            state,
-            task: Mutex::new(Some(task)),
-        }
-    }
-
-    pub fn set_mode(&self, mode: Mode) {
-        *self.state.mode.lock().unwrap() = mode;
-    }
-
-    pub fn hits(&self) -> u64 {
-        self.state.hits.load(Ordering::SeqCst)
-    }
-
-    pub fn seen(&self) -> Vec<Seen> {
-        self.state.seen.lock().unwrap().clone()
-    }
-
-    /// Stops listening and drops every connection: connects are refused.
-    pub async fn down(&self) {
-        let task = self.task.lock().unwrap().take();
-        if let Some(t) = task {
-            t.abort();
-            let _ = t.await;
-        }
-    }
-
-    pub async fn up(&self) {
-        let listener = loop {
-            match TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
-        *self.task.lock().unwrap() = Some(tokio::spawn(serve(listener, self.state.clone())));
-    }
-}
 
 /// The innermost service: pick (P2C, skipping ejected and tried endpoints),
 /// send over a pooled connection, report the outcome to the endpoint set.
