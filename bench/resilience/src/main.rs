@@ -1,55 +1,78 @@
 //! Request amplification and success rate of the outbound resilience stack
 //! under each failure mode, printed as a table.
 //!
-//! Three real upstream servers on 127.0.0.1; the stack over a real-HTTP
-//! attempt service (the balancer's P2C endpoint set + a pooled hyper client,
-//! the same harness as `sidecar/tests/resilience_process.rs`). For every
-//! failure mode — applied to one endpoint of three, or to all — a closed-loop
-//! load runs twice: with retries only, and with the full policy (retries,
-//! breaker, outlier detection, per-try and request timeouts).
+//! Everything goes through the real proxy, with the harness of
+//! `sidecar/tests/resilience_process.rs`: three upstream servers on
+//! 127.0.0.1 that fail on command (`fault.rs`), and a sidecar whose config is
+//! rendered from ResiliencePolicy YAML the way the operator renders it,
+//! started with `Proxy::start`, and called through its outbound listener by
+//! a pooled hyper-util client (`mesh.rs`). For every failure mode — applied
+//! to one endpoint of three, or to all — a closed-loop load runs twice, each
+//! time against a fresh proxy and fresh servers: with retries only, and with
+//! the full policy (retries, breaker, outlier detection, per-try and request
+//! timeouts).
 //!
-//! Amplification = attempts sent to endpoints / client requests: what the
-//! upstream suffers on top of the callers' own load. Ratios do not depend on
-//! compiler optimisation, so a debug build is fine:
+//! Amplification = requests the upstream servers handled / client requests:
+//! what the upstream suffers on top of the callers' own load. Refused
+//! connections reach no server, so they do not count; the proxy's own retry
+//! count (`trellis_retries_total`) is printed beside it. Ratios do not depend
+//! on compiler optimisation, so a debug build is fine:
 //!
 //! ```text
 //! cargo run -p trellis-bench-resilience -- [seconds per row, default 3] [workers, default 8]
 //! ```
 
-#[path = "../../../sidecar/tests/resilience_support/mod.rs"]
-mod support;
+#[path = "../../../sidecar/tests/resilience_support/fault.rs"]
+mod fault;
+#[path = "../../../sidecar/tests/resilience_support/mesh.rs"]
+mod mesh;
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use support::*;
+use fault::{FaultServer, Mode};
+use mesh::{HttpClient, Mesh, call, get};
+use tokio::task::JoinSet;
+
+/// The MeshService the caller's sidecar calls (the `Host` of every request).
+const UPSTREAM: &str = "bench";
+
+/// The ResiliencePolicy header; the spec follows.
+fn policy(spec: &str) -> String {
+    format!(
+        "apiVersion: mesh.trellis.dev/v1alpha1\n\
+         kind: ResiliencePolicy\n\
+         metadata: {{name: {UPSTREAM}, namespace: {ns}}}\n\
+         spec:\n  targetRef: {{kind: MeshService, name: {UPSTREAM}}}\n{spec}",
+        ns = mesh::NAMESPACE,
+    )
+}
 
 const RETRY_ONLY: &str = r#"
-retry:
-  attempts: 3
-  perTryTimeout: 100ms
-  backoff: {base: 5ms, max: 50ms, jitter: full}
-  retryOn: [connect-failure, reset, "502", "503", "504"]
-  budget: {ratio: 0.2, minPerSecond: 10, window: 10s}
+  retry:
+    attempts: 3
+    perTryTimeout: 100ms
+    backoff: {base: 5ms, max: 50ms, jitter: full}
+    retryOn: [connect-failure, reset, "502", "503", "504"]
+    budget: {ratio: 0.2, minPerSecond: 10, window: 10s}
 "#;
 
 const FULL: &str = r#"
-timeout: {request: 1s, connect: 500ms, idle: 60s}
-retry:
-  attempts: 3
-  perTryTimeout: 100ms
-  backoff: {base: 5ms, max: 50ms, jitter: full}
-  retryOn: [connect-failure, reset, "502", "503", "504"]
-  budget: {ratio: 0.2, minPerSecond: 10, window: 10s}
-circuitBreaker:
-  failureRateThreshold: 50
-  minimumRequests: 20
-  window: 10s
-  consecutiveFailures: 5
-  openDuration: 1s
-  maxOpenDuration: 10s
-  halfOpenRequests: 3
-outlierDetection: {consecutiveFailures: 5, baseEjection: 10s, maxEjectionPercent: 50}
+  timeout: {request: 1s, connect: 500ms, idle: 60s}
+  retry:
+    attempts: 3
+    perTryTimeout: 100ms
+    backoff: {base: 5ms, max: 50ms, jitter: full}
+    retryOn: [connect-failure, reset, "502", "503", "504"]
+    budget: {ratio: 0.2, minPerSecond: 10, window: 10s}
+  circuitBreaker:
+    failureRateThreshold: 50
+    minimumRequests: 20
+    window: 10s
+    consecutiveFailures: 5
+    openDuration: 1s
+    maxOpenDuration: 10s
+    halfOpenRequests: 3
+  outlierDetection: {consecutiveFailures: 5, baseEjection: 10s, maxEjectionPercent: 50}
 "#;
 
 #[derive(Clone, Copy)]
@@ -83,26 +106,52 @@ impl Fault {
     }
 }
 
-struct Row {
-    fault: &'static str,
-    scope: &'static str,
-    policy: &'static str,
-    requests: usize,
-    attempts: u64,
-    success: usize,
-    rejected: usize,
-    p50: Duration,
-    p99: Duration,
+/// What the client saw of one call.
+struct Seen {
+    ok: bool,
+    circuit_open: bool,
+    latency: Duration,
 }
 
-async fn run(
-    fault: Fault,
-    all: bool,
-    policy_name: &'static str,
-    yaml: &str,
-    secs: u64,
-    workers: usize,
-) -> Row {
+/// Calls from `workers` concurrent clients, each in a closed loop, for
+/// `duration`; every call timed from send to the end of its body.
+async fn load(client: &HttpClient, workers: usize, duration: Duration) -> Vec<Seen> {
+    let deadline = Instant::now() + duration;
+    let mut tasks = JoinSet::new();
+    for _ in 0..workers {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut seen = Vec::new();
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                let a = call(&client, get(UPSTREAM, "/bench")).await;
+                seen.push(Seen {
+                    ok: a.ok(),
+                    circuit_open: a.error() == Some("circuit-open"),
+                    latency: start.elapsed(),
+                });
+            }
+            seen
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.unwrap());
+    }
+    all
+}
+
+struct Row {
+    requests: usize,
+    hits: u64,
+    retries: f64,
+    success: usize,
+    rejected: usize,
+    /// Median client-side latency of circuit-open rejections, if any.
+    rejected_p50: Option<Duration>,
+}
+
+async fn run(fault: Fault, all: bool, spec: &str, secs: u64, workers: usize) -> Row {
     let servers = [
         FaultServer::start(Mode::Ok).await,
         FaultServer::start(Mode::Ok).await,
@@ -116,35 +165,28 @@ async fn run(
         }
     }
     let addrs: Vec<_> = servers.iter().map(|s| s.addr).collect();
-    let up = upstream("bench", &addrs, policy(yaml), vec![]);
-    let stack = stack(&up, false);
-    let mut answers = load(
-        &stack.svc,
-        workers,
-        usize::MAX,
-        Duration::from_secs(secs),
-        |_| get("/bench"),
-    )
-    .await;
-    answers.sort_by_key(|a| a.latency);
-    let pct = |p: f64| {
-        answers
-            .get(((answers.len() as f64 * p) as usize).min(answers.len().saturating_sub(1)))
-            .map_or(Duration::ZERO, |a| a.latency)
-    };
+    let mesh = Mesh::start(&[(UPSTREAM, &addrs)], &policy(spec)).await;
+    let seen = load(&mesh.outbound, workers, Duration::from_secs(secs)).await;
+    let retries = mesh
+        .metrics()
+        .await
+        .find("trellis_retries_total", &[("peer", UPSTREAM)])
+        .unwrap_or(0.0);
+    // Stops the proxy's listeners; the servers stop when dropped.
+    drop(mesh);
+    let mut rejections: Vec<Duration> = seen
+        .iter()
+        .filter(|s| s.circuit_open)
+        .map(|s| s.latency)
+        .collect();
+    rejections.sort();
     Row {
-        fault: fault.name(),
-        scope: if all { "all 3" } else { "1 of 3" },
-        policy: policy_name,
-        requests: answers.len(),
-        attempts: stack.sent.load(Ordering::Relaxed),
-        success: answers.iter().filter(|a| a.ok()).count(),
-        rejected: answers
-            .iter()
-            .filter(|a| a.error.as_deref() == Some("circuit-open"))
-            .count(),
-        p50: pct(0.5),
-        p99: pct(0.99),
+        requests: seen.len(),
+        hits: servers.iter().map(FaultServer::hits).sum(),
+        retries,
+        success: seen.iter().filter(|s| s.ok).count(),
+        rejected: rejections.len(),
+        rejected_p50: rejections.get(rejections.len() / 2).copied(),
     }
 }
 
@@ -153,38 +195,44 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let secs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
     let workers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
-    println!("resilience bench: 3 endpoints, {workers} closed-loop clients, {secs} s per row\n");
     println!(
-        "{:<16} {:<7} {:<10} {:>8} {:>9} {:>7} {:>9} {:>10} {:>9} {:>9}",
+        "resilience bench (through trellis-proxy): 3 endpoints, {workers} closed-loop clients, \
+         {secs} s per row\n"
+    );
+    println!(
+        "{:<16} {:<7} {:<7} {:>8} {:>8} {:>7} {:>8} {:>9} {:>11} {:>10}",
         "failure",
         "scope",
         "policy",
         "requests",
-        "attempts",
+        "hits",
         "ampl.",
+        "retries",
         "success",
         "breaker-rej",
-        "p50",
-        "p99"
+        "rej. p50"
     );
     for fault in [Fault::Status503, Fault::Random50, Fault::Down, Fault::Slow] {
         for all in [false, true] {
-            for (name, yaml) in [("retry", RETRY_ONLY), ("full", FULL)] {
-                let r = run(fault, all, name, yaml, secs, workers).await;
-                let ampl = r.attempts as f64 / r.requests.max(1) as f64;
+            for (name, spec) in [("retry", RETRY_ONLY), ("full", FULL)] {
+                let r = run(fault, all, spec, secs, workers).await;
+                let ampl = r.hits as f64 / r.requests.max(1) as f64;
                 let success = 100.0 * r.success as f64 / r.requests.max(1) as f64;
+                let p50 = r
+                    .rejected_p50
+                    .map_or_else(|| "—".to_string(), |d| format!("{d:.1?}"));
                 println!(
-                    "{:<16} {:<7} {:<10} {:>8} {:>9} {:>7.3} {:>8.2}% {:>10} {:>9.1?} {:>9.1?}",
-                    r.fault,
-                    r.scope,
-                    r.policy,
+                    "{:<16} {:<7} {:<7} {:>8} {:>8} {:>7.3} {:>8} {:>8.2}% {:>11} {:>10}",
+                    fault.name(),
+                    if all { "all 3" } else { "1 of 3" },
+                    name,
                     r.requests,
-                    r.attempts,
+                    r.hits,
                     ampl,
+                    r.retries,
                     success,
                     r.rejected,
-                    r.p50,
-                    r.p99
+                    p50
                 );
             }
         }

@@ -3,8 +3,8 @@
 //! holding every request until released; `down()` closes the listener and
 //! every connection, `up()` binds the same address again.
 //!
-//! Used by `tests/resilience_process.rs` (through the real proxy) and by
-//! `bench/resilience` (through `mod.rs`).
+//! Used by `tests/resilience_process.rs` and by `bench/resilience`, both
+//! through the real proxy.
 
 #![allow(dead_code)]
 
