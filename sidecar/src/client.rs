@@ -9,6 +9,7 @@
 //! requests on the old ones finish.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -30,6 +31,13 @@ pub enum Wire {
 
 #[derive(Clone, Debug)]
 pub struct HttpClient {
+    /// Shared: a clone per request (each attempt takes one) is then one
+    /// reference count, not two hyper clients' worth of them.
+    inner: Arc<Clients>,
+}
+
+#[derive(Debug)]
+struct Clients {
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
 }
@@ -40,6 +48,30 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     /// Idle pooled connections are closed after this.
     pub idle_timeout: Duration,
+}
+
+/// `to` as a URI authority. The last few are kept per thread: a proxy
+/// talks to a handful of endpoints, and formatting and parsing one costs
+/// more than the lookup.
+fn authority_of(to: SocketAddr) -> Result<Authority, http::uri::InvalidUri> {
+    use std::cell::RefCell;
+    const KEEP: usize = 8;
+    thread_local! {
+        static RECENT: RefCell<Vec<(SocketAddr, Authority)>> = const { RefCell::new(Vec::new()) };
+    }
+    if let Some(a) =
+        RECENT.with_borrow(|r| r.iter().find(|(k, _)| *k == to).map(|(_, a)| a.clone()))
+    {
+        return Ok(a);
+    }
+    let a = Authority::try_from(to.to_string().as_str())?;
+    RECENT.with_borrow_mut(|r| {
+        if r.len() == KEEP {
+            r.remove(0);
+        }
+        r.push((to, a.clone()));
+    });
+    Ok(a)
 }
 
 impl HttpClient {
@@ -62,7 +94,9 @@ impl HttpClient {
             .http2_keep_alive_timeout(Duration::from_secs(10))
             .http2_adaptive_window(true)
             .build(connector);
-        HttpClient { h1, h2 }
+        HttpClient {
+            inner: Arc::new(Clients { h1, h2 }),
+        }
     }
 
     /// Sends `req` to `to`. The request's path and headers are kept; its URI
@@ -87,19 +121,19 @@ impl HttpClient {
         }
         let mut parts = req.uri().clone().into_parts();
         parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(Authority::try_from(to.to_string().as_str())?);
+        parts.authority = Some(authority_of(to)?);
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
         *req.uri_mut() = Uri::from_parts(parts)?;
         let rsp = if h2 {
             *req.version_mut() = Version::HTTP_2;
-            self.h2.request(req).await?
+            self.inner.h2.request(req).await?
         } else {
             if req.version() != Version::HTTP_10 {
                 *req.version_mut() = Version::HTTP_11;
             }
-            self.h1.request(req).await?
+            self.inner.h1.request(req).await?
         };
         Ok(rsp.map(body::boxed))
     }

@@ -7,9 +7,10 @@
 //! Framing attacks (CL+TE, conflicting Content-Lengths) are stopped below
 //! HTTP, in [`crate::server::guard`]; oversized heads by hyper's limits.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 
 use crate::Direction;
@@ -24,17 +25,42 @@ pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 
+const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
+const X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
+const X_FORWARDED_PROTO_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO);
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The versions a `Via` entry names, in [`protocol`]'s order.
+const VERSIONS: [Version; 5] = [
+    Version::HTTP_09,
+    Version::HTTP_10,
+    Version::HTTP_11,
+    Version::HTTP_2,
+    Version::HTTP_3,
+];
+
 /// This listener's identity in `Via`: `trellis.<instance>.<direction>`.
 #[derive(Clone, Debug)]
 pub struct Hop {
     marker: String,
+    /// `<protocol> <marker>` for each of [`VERSIONS`], made once.
+    via: Vec<Option<HeaderValue>>,
 }
 
 impl Hop {
     pub fn new(instance: &str, direction: Direction) -> Self {
-        Hop {
-            marker: format!("{VIA_PREFIX}{instance}.{}", direction.as_str()),
-        }
+        let marker = format!("{VIA_PREFIX}{instance}.{}", direction.as_str());
+        let via = VERSIONS
+            .iter()
+            .map(|v| HeaderValue::from_str(&format!("{} {marker}", protocol(*v))).ok())
+            .collect();
+        Hop { marker, via }
+    }
+
+    fn via(&self, version: Version) -> Option<HeaderValue> {
+        let i = VERSIONS.iter().position(|v| *v == version).unwrap_or(2);
+        self.via[i].clone()
     }
 
     pub fn marker(&self) -> &str {
@@ -53,22 +79,20 @@ impl Hop {
         }
         self.check_loop(req.headers())?;
         strip_hop_by_hop(req.headers_mut());
-        let via = format!("{} {}", protocol(req.version()), self.marker);
-        append_list(req.headers_mut(), header::VIA, &via);
-        append_list(
-            req.headers_mut(),
-            HeaderName::from_static(X_FORWARDED_FOR),
-            &remote.ip().to_string(),
-        );
-        let headers = req.headers_mut();
-        if !headers.contains_key(X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        if let Some(via) = self.via(req.version()) {
+            append_list(req.headers_mut(), header::VIA, via);
         }
-        if !headers.contains_key(X_REQUEST_ID) {
-            let id = format!("{:032x}", rand::random::<u128>());
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                headers.insert(X_REQUEST_ID, v);
-            }
+        if let Some(ip) = ip_value(remote) {
+            append_list(req.headers_mut(), X_FORWARDED_FOR_NAME, ip);
+        }
+        let headers = req.headers_mut();
+        if !headers.contains_key(X_FORWARDED_PROTO_NAME) {
+            headers.insert(X_FORWARDED_PROTO_NAME, HeaderValue::from_static("http"));
+        }
+        if !headers.contains_key(X_REQUEST_ID_NAME)
+            && let Ok(v) = HeaderValue::from_bytes(&request_id(rand::random::<u128>()))
+        {
+            headers.insert(X_REQUEST_ID_NAME, v);
         }
         Ok(())
     }
@@ -112,29 +136,99 @@ fn protocol(v: Version) -> &'static str {
     }
 }
 
-/// Appends `value` to a comma-separated list header, keeping one line.
-fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let joined = {
-        let existing: Vec<&str> = headers
-            .get_all(&name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if existing.is_empty() {
-            value.to_string()
-        } else {
-            format!("{}, {value}", existing.join(", "))
+/// `{:032x}` of `id`, without a `String`.
+fn request_id(id: u128) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((id >> (4 * (31 - i))) & 0xf) as usize];
+    }
+    out
+}
+
+/// The caller's IP as a header value, without a `String`.
+fn ip_value(remote: SocketAddr) -> Option<HeaderValue> {
+    // The longest IPv6 text (IPv4-mapped) is 45 bytes.
+    let mut buf = [0u8; 64];
+    let len = match remote {
+        SocketAddr::V4(a) => {
+            let mut len = 0;
+            for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    buf[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    buf[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                buf[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            len
+        }
+        SocketAddr::V6(a) => {
+            let mut w = &mut buf[..];
+            write!(w, "{}", a.ip()).ok()?;
+            64 - w.len()
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
-        headers.insert(name, v);
+    HeaderValue::from_bytes(&buf[..len]).ok()
+}
+
+/// Appends `value` to a comma-separated list header, keeping one line.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    match headers.entry(name) {
+        Entry::Vacant(e) => {
+            e.insert(value);
+        }
+        Entry::Occupied(mut e) => {
+            let mut joined = String::new();
+            for v in e.iter().filter_map(|v| v.to_str().ok()) {
+                joined.push_str(v);
+                joined.push_str(", ");
+            }
+            let value = if joined.is_empty() {
+                value
+            } else {
+                joined.push_str(value.to_str().unwrap_or_default());
+                match HeaderValue::from_str(&joined) {
+                    Ok(v) => v,
+                    Err(_) => return,
+                }
+            };
+            e.insert(value);
+        }
     }
+}
+
+/// What [`strip_hop_by_hop`] removes or rewrites by name.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+    ]
+    .contains(name)
 }
 
 /// Removes the headers that describe one connection, not the message
 /// (RFC 9110 §7.6.1), including those `Connection` names. `TE: trailers`
 /// is end-to-end in practice (gRPC needs it) and survives.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names, no removals.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -164,8 +258,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
     if wants_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -247,6 +341,41 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(hop.on_request(&mut req, remote(), 100), Ok(()));
+    }
+
+    #[test]
+    fn request_ids_and_ips_format_as_before() {
+        for id in [
+            0u128,
+            1,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ] {
+            assert_eq!(request_id(id).as_slice(), format!("{id:032x}").as_bytes());
+        }
+        for addr in [
+            "10.1.2.3:1",
+            "[::1]:2",
+            "[::ffff:255.255.255.255]:3",
+            "[fe80::1:2:3:4]:4",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            assert_eq!(ip_value(addr).unwrap(), addr.ip().to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn via_names_the_version() {
+        let hop = Hop::new("a", Direction::Inbound);
+        for (v, text) in [
+            (Version::HTTP_10, "1.0 trellis.a.inbound"),
+            (Version::HTTP_11, "1.1 trellis.a.inbound"),
+            (Version::HTTP_2, "2 trellis.a.inbound"),
+        ] {
+            let mut req = Request::builder().version(v).body(()).unwrap();
+            hop.on_request(&mut req, remote(), 100).unwrap();
+            assert_eq!(req.headers()["via"], text);
+        }
     }
 
     #[test]

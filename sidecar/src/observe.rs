@@ -6,11 +6,12 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
+use prometheus::{Histogram, IntCounter};
 use tower::{Layer, Service};
 
 use crate::Direction;
@@ -42,29 +43,89 @@ pub fn record<B>(
         .observe(start.elapsed().as_secs_f64());
 }
 
-fn status_class(s: StatusCode) -> &'static str {
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class_index(s: StatusCode) -> usize {
     match s.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+fn status_class(s: StatusCode) -> &'static str {
+    STATUS_CLASSES[status_class_index(s)]
+}
+
+/// The metric children of one (direction, peer), resolved on first use and
+/// then reused: `with_label_values` hashes every label on each call. Lazy,
+/// so a series still appears only once a request has been counted in it.
+struct PeerMetrics {
+    metrics: Metrics,
+    direction: Direction,
+    peer: Arc<str>,
+    duration: OnceLock<Histogram>,
+    /// `outcome="success"` by status class; other outcomes are rare and
+    /// resolved per request.
+    success: [OnceLock<IntCounter>; 5],
+}
+
+impl PeerMetrics {
+    fn new(metrics: Metrics, direction: Direction, peer: &str) -> Self {
+        PeerMetrics {
+            metrics,
+            direction,
+            peer: peer.into(),
+            duration: OnceLock::new(),
+            success: Default::default(),
+        }
+    }
+
+    fn record<B>(&self, rsp: &Response<B>, start: Instant) {
+        let class = status_class_index(rsp.status());
+        match ProxyError::of_response(rsp) {
+            None => self.success[class]
+                .get_or_init(|| {
+                    self.metrics.requests_total.with_label_values(&[
+                        self.direction.as_str(),
+                        &self.peer,
+                        STATUS_CLASSES[class],
+                        "success",
+                    ])
+                })
+                .inc(),
+            Some(outcome) => self
+                .metrics
+                .requests_total
+                .with_label_values(&[
+                    self.direction.as_str(),
+                    &self.peer,
+                    STATUS_CLASSES[class],
+                    outcome,
+                ])
+                .inc(),
+        }
+        self.duration
+            .get_or_init(|| {
+                self.metrics
+                    .request_duration_seconds
+                    .with_label_values(&[self.direction.as_str(), &self.peer])
+            })
+            .observe(start.elapsed().as_secs_f64());
     }
 }
 
 #[derive(Clone)]
 pub struct ObserveLayer {
-    metrics: Metrics,
-    direction: Direction,
-    peer: Arc<str>,
+    peer: Arc<PeerMetrics>,
 }
 
 impl ObserveLayer {
     pub fn new(metrics: Metrics, direction: Direction, peer: &str) -> Self {
         ObserveLayer {
-            metrics,
-            direction,
-            peer: peer.into(),
+            peer: Arc::new(PeerMetrics::new(metrics, direction, peer)),
         }
     }
 }
@@ -102,10 +163,10 @@ where
         let start = Instant::now();
         let fut: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> =
             Box::pin(self.inner.call(req));
-        let layer = self.layer.clone();
+        let peer = self.layer.peer.clone();
         Box::pin(async move {
             let rsp = fut.await?;
-            record(&layer.metrics, layer.direction, &layer.peer, &rsp, start);
+            peer.record(&rsp, start);
             Ok(rsp)
         })
     }

@@ -121,7 +121,10 @@ impl RouteTable {
 
     /// The upstream serving `host` (port and case ignored).
     pub fn lookup(&self, host: &str) -> Option<&Arc<UpstreamState>> {
-        self.hosts.get(normalize_host(host).as_str())
+        match normalized_already(host) {
+            Some(h) => self.hosts.get(h),
+            None => self.hosts.get(normalize_host(host).as_str()),
+        }
     }
 
     pub fn upstreams(&self) -> impl Iterator<Item = &Arc<UpstreamState>> {
@@ -142,15 +145,35 @@ fn normalize_host(authority: &str) -> String {
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// What [`normalize_host`] returns for the common authority that needs no
+/// rewriting beyond dropping a numeric port and trailing dots (lowercase
+/// name or IPv4, no userinfo, no brackets), without allocating; `None`
+/// for anything else.
+fn normalized_already(authority: &str) -> Option<&str> {
+    let (host, port) = match authority.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    let plain = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-';
+    if host.is_empty() || !host.bytes().all(plain) {
+        return None;
+    }
+    if let Some(p) = port
+        && (p.is_empty() || p.len() > 5 || !p.bytes().all(|c| c.is_ascii_digit()))
+    {
+        return None;
+    }
+    Some(host.trim_end_matches('.'))
+}
+
 /// The authority a request is addressed to.
-fn target_authority<B>(req: &Request<B>) -> Option<String> {
+fn target_authority<B>(req: &Request<B>) -> Option<&str> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+        return Some(a.as_str());
     }
     req.headers()
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
 }
 
 /// The outbound listener's state.
@@ -205,7 +228,7 @@ impl Handler for OutboundHandler {
                 let authority = target_authority(&req).ok_or(ProxyError::UnknownUpstream)?;
                 let table = self.0.table.load();
                 table
-                    .lookup(&authority)
+                    .lookup(authority)
                     .map(|u| u.stack.clone())
                     .ok_or(ProxyError::UnknownUpstream)
             });
@@ -239,5 +262,30 @@ mod tests {
         );
         assert_eq!(normalize_host("[::1]:80"), "::1");
         assert_eq!(normalize_host("orders"), "orders");
+    }
+
+    #[test]
+    fn fast_path_agrees_with_normalize_host() {
+        for a in [
+            "orders",
+            "orders:80",
+            "orders.shop.svc.cluster.local.",
+            "orders.shop.:8080",
+            "127.0.0.1",
+            "127.0.0.1:41234",
+            "a-b.c",
+            "...",
+        ] {
+            assert_eq!(
+                normalized_already(a),
+                Some(normalize_host(a).as_str()),
+                "{a}"
+            );
+        }
+        for a in [
+            "Orders", "[::1]:80", "u@orders", "orders:", "orders:x", "", "a:1:2",
+        ] {
+            assert_eq!(normalized_already(a), None, "{a}");
+        }
     }
 }

@@ -3,10 +3,12 @@
 //! attributed after the OpenTelemetry HTTP semantic conventions.
 //!
 //! Each proxy owns its tracer provider (no global one), so several proxies in
-//! one process keep their spans apart. Spans are created even when nothing is
-//! exported: the ids they carry keep the trace connected across the mesh.
-//! Sampling is parent-based: a caller's sampled flag wins, and new traces are
-//! sampled at the configured ratio.
+//! one process keep their spans apart. Span contexts are created even when
+//! nothing is exported: the ids they carry keep the trace connected across
+//! the mesh. Without an exporter only the context is made (ids and the
+//! sampling decision, exactly as the SDK would), not a recording span whose
+//! attributes nobody would read. Sampling is parent-based: a caller's sampled
+//! flag wins, and new traces are sampled at the configured ratio.
 
 mod otlp;
 
@@ -18,14 +20,18 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
-    Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _,
+    TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SdkTracer, SdkTracerProvider,
+    ShouldSample, Span,
+};
 use tower::{Layer, Service};
 
 use crate::body::Body;
@@ -38,6 +44,10 @@ pub struct Telemetry {
     tracer: SdkTracer,
     propagator: TraceContextPropagator,
     flusher: Option<otlp::Flusher>,
+    /// The provider's sampler and id generator, for contexts of spans that
+    /// are not exported.
+    sampler: Sampler,
+    ids: RandomIdGenerator,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -59,10 +69,10 @@ impl Telemetry {
             ])
             .build();
         let ratio = config.sampling_ratio.get();
+        let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)));
         let mut builder = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                ratio,
-            ))))
+            .with_sampler(sampler.clone())
+            .with_id_generator(RandomIdGenerator::default())
             .with_resource(resource.clone());
         let mut flusher = None;
         if let Some(endpoint) = &config.otlp_endpoint {
@@ -77,6 +87,8 @@ impl Telemetry {
             tracer,
             propagator: TraceContextPropagator::new(),
             flusher,
+            sampler,
+            ids: RandomIdGenerator::default(),
         })
     }
 
@@ -96,6 +108,9 @@ impl Telemetry {
     /// request's trace headers, so the app's spans become its children.
     pub fn server_span<B>(&self, req: &mut Request<B>, remote: Option<SocketAddr>) -> ActiveSpan {
         let parent = self.extract(req.headers());
+        if self.flusher.is_none() {
+            return self.unexported(&parent, req, SpanKind::Server);
+        }
         let mut attrs = vec![
             KeyValue::new("http.request.method", req.method().as_str().to_string()),
             KeyValue::new("url.path", req.uri().path().to_string()),
@@ -115,9 +130,9 @@ impl Telemetry {
                 .with_attributes(attrs),
             &parent,
         );
-        self.inject(&span, req.headers_mut());
+        inject(span.span_context(), req.headers_mut());
         ActiveSpan {
-            span,
+            span: Some(span),
             kind: SpanKind::Server,
         }
     }
@@ -131,6 +146,9 @@ impl Telemetry {
         endpoint: SocketAddr,
     ) -> ActiveSpan {
         let parent = self.extract(req.headers());
+        if self.flusher.is_none() {
+            return self.unexported(&parent, req, SpanKind::Client);
+        }
         let host = authority(req).unwrap_or_else(|| peer.to_string());
         let attrs = vec![
             KeyValue::new("http.request.method", req.method().as_str().to_string()),
@@ -147,17 +165,81 @@ impl Telemetry {
                 .with_attributes(attrs),
             &parent,
         );
-        self.inject(&span, req.headers_mut());
+        inject(span.span_context(), req.headers_mut());
         ActiveSpan {
-            span,
+            span: Some(span),
             kind: SpanKind::Client,
         }
     }
 
-    fn inject(&self, span: &Span, headers: &mut HeaderMap) {
-        let cx = Context::new().with_remote_span_context(span.span_context().clone());
-        self.propagator
-            .inject_context(&cx, &mut HeaderInjector(headers));
+    /// A span nobody will export: only its context is made, with the ids and
+    /// the sampling decision `SdkTracer::build_with_context` would give it,
+    /// and carried onward.
+    fn unexported<B>(
+        &self,
+        parent_cx: &Context,
+        req: &mut Request<B>,
+        kind: SpanKind,
+    ) -> ActiveSpan {
+        let span_id = self.ids.new_span_id();
+        let parent = parent_cx.span();
+        let psc = parent.span_context();
+        let (trace_id, parent_flags) = if psc.is_valid() {
+            (psc.trace_id(), psc.trace_flags())
+        } else {
+            (self.ids.new_trace_id(), TraceFlags::default())
+        };
+        let sampling = self.sampler.should_sample(
+            Some(parent_cx),
+            trace_id,
+            req.method().as_str(),
+            &kind,
+            &[],
+            &[],
+        );
+        let flags = match sampling.decision {
+            SamplingDecision::RecordAndSample => parent_flags.with_sampled(true),
+            SamplingDecision::RecordOnly => parent_flags.with_sampled(false),
+            SamplingDecision::Drop => TraceFlags::default(),
+        };
+        let cx = SpanContext::new(trace_id, span_id, flags, false, sampling.trace_state);
+        inject(&cx, req.headers_mut());
+        ActiveSpan { span: None, kind }
+    }
+}
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// What `TraceContextPropagator::inject_context` writes, without its
+/// intermediate `Context` and `String`s: `traceparent` and `tracestate`
+/// (empty when there is none), replacing what the request carried.
+fn inject(cx: &SpanContext, headers: &mut HeaderMap) {
+    if !cx.is_valid() {
+        return;
+    }
+    // 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let flags = (cx.trace_flags() & TraceFlags::SAMPLED).to_u8();
+    let bytes = cx.trace_id().to_bytes().into_iter();
+    let bytes = bytes.chain(cx.span_id().to_bytes()).chain([flags]);
+    let slots = (3..35).step_by(2).chain((36..52).step_by(2)).chain([53]);
+    for (at, b) in slots.zip(bytes) {
+        buf[at] = HEX[usize::from(b >> 4)];
+        buf[at + 1] = HEX[usize::from(b & 0xf)];
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&buf) {
+        headers.insert(TRACEPARENT, v);
+    }
+    let state = cx.trace_state().header();
+    let state = if state.is_empty() {
+        Ok(HeaderValue::from_static(""))
+    } else {
+        HeaderValue::from_str(&state)
+    };
+    if let Ok(v) = state {
+        headers.insert(TRACESTATE, v);
     }
 }
 
@@ -179,14 +261,16 @@ fn protocol(v: http::Version) -> &'static str {
 }
 
 /// A started span; it ends when dropped (a dropped attempt still reports).
+/// Without an exporter there is no span to record into, only its context.
 pub struct ActiveSpan {
-    span: Span,
+    span: Option<Span>,
     kind: SpanKind,
 }
 
 impl ActiveSpan {
     pub fn response(&mut self, status: StatusCode) {
-        self.span.set_attribute(KeyValue::new(
+        let Some(span) = &mut self.span else { return };
+        span.set_attribute(KeyValue::new(
             "http.response.status_code",
             i64::from(status.as_u16()),
         ));
@@ -196,30 +280,16 @@ impl ActiveSpan {
             _ => status.is_server_error(),
         };
         if failed {
-            self.span
-                .set_attribute(KeyValue::new("error.type", status.as_u16().to_string()));
-            self.span.set_status(Status::error(""));
+            span.set_attribute(KeyValue::new("error.type", status.as_u16().to_string()));
+            span.set_status(Status::error(""));
         }
     }
 
     /// The attempt failed before a response (a proxy error reason).
     pub fn error(&mut self, reason: &str) {
-        self.span
-            .set_attribute(KeyValue::new("error.type", reason.to_string()));
-        self.span.set_status(Status::error(reason.to_string()));
-    }
-}
-
-struct HeaderInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
+        let Some(span) = &mut self.span else { return };
+        span.set_attribute(KeyValue::new("error.type", reason.to_string()));
+        span.set_status(Status::error(reason.to_string()));
     }
 }
 
@@ -293,5 +363,36 @@ where
             }
             Ok(rsp)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanId, TraceId, TraceState};
+
+    #[test]
+    fn inject_writes_what_the_propagator_writes() {
+        let propagator = TraceContextPropagator::new();
+        for (flags, state) in [
+            (TraceFlags::SAMPLED, ""),
+            (TraceFlags::default(), "a=b,c=d"),
+        ] {
+            let sc = SpanContext::new(
+                TraceId::from(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210),
+                SpanId::from(0x00f0_67aa_0ba9_02b7),
+                flags,
+                false,
+                state.parse::<TraceState>().unwrap(),
+            );
+            let mut ours = HeaderMap::new();
+            inject(&sc, &mut ours);
+            let mut theirs = std::collections::HashMap::new();
+            propagator.inject_context(&Context::new().with_remote_span_context(sc), &mut theirs);
+            assert_eq!(ours.len(), theirs.len());
+            for (k, v) in &theirs {
+                assert_eq!(ours[k.as_str()], v.as_str(), "{k}");
+            }
+        }
     }
 }
