@@ -62,6 +62,23 @@ fn check_structural(path: &str, s: &JSONSchemaProps, problems: &mut Vec<String>)
     if s.additional_properties.is_some() && s.properties.is_some() {
         problems.push(format!("{path}: additionalProperties beside properties"));
     }
+    // The API server warns about (and ignores) formats it does not know.
+    const KNOWN_FORMATS: [&str; 9] = [
+        "int32",
+        "int64",
+        "float",
+        "double",
+        "byte",
+        "date",
+        "date-time",
+        "duration",
+        "uuid",
+    ];
+    if let Some(format) = s.format.as_deref().filter(|f| !KNOWN_FORMATS.contains(f)) {
+        problems.push(format!(
+            "{path}: format {format:?} is unknown to Kubernetes"
+        ));
+    }
     if preserve {
         problems.push(format!(
             "{path}: x-kubernetes-preserve-unknown-fields is not meant anywhere"

@@ -62,6 +62,7 @@ pub struct RetryBudgetSpec {
     pub ratio: Option<Ratio>,
     /// Retries always allowed per second, so low traffic can still retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64"))]
     pub min_per_second: Option<u32>,
     /// The sliding window over which requests and retries are counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +152,7 @@ pub struct BulkheadSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<Positive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64"))]
     pub max_queued: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout: Option<Duration>,
@@ -162,7 +164,7 @@ pub struct BulkheadSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FallbackSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 200, max = 599))]
+    #[schemars(range(min = 200, max = 599), extend("format" = "int32"))]
     pub status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
