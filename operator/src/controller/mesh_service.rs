@@ -6,7 +6,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -71,16 +71,7 @@ async fn reconcile_service(
     name: &str,
 ) -> Result<Action> {
     let client = &ctx.client;
-    let policies = Api::<ResiliencePolicy>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| Error::kube("listing ResiliencePolicies", e))?
-        .items;
-    let services = Api::<MeshService>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| Error::kube("listing MeshServices", e))?
-        .items;
+    let (policies, services) = ctx.mesh_objects(ns).await?;
     let existing: BTreeSet<String> = services.iter().map(|s| s.name_any()).collect();
     let missing: Vec<String> = svc
         .spec

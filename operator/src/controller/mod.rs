@@ -43,6 +43,25 @@ pub struct Context {
 }
 
 impl Context {
+    /// The ResiliencePolicies and MeshServices of a namespace, as the API server has them now.
+    pub async fn mesh_objects(
+        &self,
+        ns: &str,
+    ) -> crate::error::Result<(Vec<ResiliencePolicy>, Vec<MeshService>)> {
+        let all = kube::api::ListParams::default();
+        let policies = Api::<ResiliencePolicy>::namespaced(self.client.clone(), ns)
+            .list(&all)
+            .await
+            .map_err(|e| crate::error::Error::kube("listing ResiliencePolicies", e))?
+            .items;
+        let services = Api::<MeshService>::namespaced(self.client.clone(), ns)
+            .list(&all)
+            .await
+            .map_err(|e| crate::error::Error::kube("listing MeshServices", e))?
+            .items;
+        Ok((policies, services))
+    }
+
     pub fn new(
         client: Client,
         settings: Settings,

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -52,16 +52,7 @@ async fn reconcile_policy(
     ns: &str,
     name: &str,
 ) -> Result<Action> {
-    let policies = Api::<ResiliencePolicy>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| Error::kube("listing ResiliencePolicies", e))?
-        .items;
-    let services = Api::<MeshService>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| Error::kube("listing MeshServices", e))?
-        .items;
+    let (policies, services) = ctx.mesh_objects(ns).await?;
 
     // Resolve what the API server has, with this object as the controller saw it.
     let mut all: Vec<ResiliencePolicy> = policies
