@@ -122,6 +122,28 @@ impl Hop {
 }
 
 /// Rewrites a response about to be returned to the client.
+/// Calls a listener's stack and cleans the response's hop-by-hop headers:
+/// the last step of both listeners.
+pub fn respond_through(
+    stack: crate::HttpService,
+    req: http::Request<crate::body::Body>,
+) -> futures::future::BoxFuture<'static, Response<crate::body::Body>> {
+    use tower::ServiceExt;
+    // Boxed first: the oneshot future is only `Send` for the concrete request type.
+    let call: futures::future::BoxFuture<
+        'static,
+        Result<Response<crate::body::Body>, std::convert::Infallible>,
+    > = Box::pin(stack.oneshot(req));
+    Box::pin(async move {
+        let mut rsp = match call.await {
+            Ok(rsp) => rsp,
+            Err(never) => match never {},
+        };
+        on_response(&mut rsp);
+        rsp
+    })
+}
+
 pub fn on_response<B>(rsp: &mut Response<B>) {
     strip_hop_by_hop(rsp.headers_mut());
 }

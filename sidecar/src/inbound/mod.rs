@@ -9,7 +9,6 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use http::{Request, Response};
-use tower::ServiceExt;
 
 use crate::body::Body;
 use crate::hygiene::{self, Hop};
@@ -73,15 +72,6 @@ impl Handler for InboundHandler {
             Ok(s) => s,
             Err(rsp) => return Box::pin(std::future::ready(rsp)),
         };
-        let call: BoxFuture<'static, Result<Response<Body>, std::convert::Infallible>> =
-            Box::pin(stack.oneshot(req));
-        Box::pin(async move {
-            let mut rsp = match call.await {
-                Ok(rsp) => rsp,
-                Err(never) => match never {},
-            };
-            hygiene::on_response(&mut rsp);
-            rsp
-        })
+        hygiene::respond_through(stack, req)
     }
 }

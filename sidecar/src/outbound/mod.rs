@@ -14,7 +14,6 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use http::{Request, Response};
-use tower::ServiceExt;
 
 use crate::balance::EndpointSet;
 use crate::body::Body;
@@ -236,16 +235,7 @@ impl Handler for OutboundHandler {
             Ok(s) => s,
             Err(e) => return Box::pin(std::future::ready(self.reject(e, start))),
         };
-        let call: BoxFuture<'static, Result<Response<Body>, std::convert::Infallible>> =
-            Box::pin(stack.oneshot(req));
-        Box::pin(async move {
-            let mut rsp = match call.await {
-                Ok(rsp) => rsp,
-                Err(never) => match never {},
-            };
-            hygiene::on_response(&mut rsp);
-            rsp
-        })
+        hygiene::respond_through(stack, req)
     }
 }
 
