@@ -211,7 +211,11 @@ impl RunArgs {
         };
         let webhook = self.webhook.then(|| {
             let mut hosts =
-                CertConfig::service_hosts(&self.webhook_service, &own_ns, &self.cluster_domain);
+                trellis_api::names::service_hosts(
+                    &self.webhook_service,
+                    &own_ns,
+                    &self.cluster_domain,
+                );
             hosts.extend(self.cert_hosts.iter().filter(|h| !h.is_empty()).cloned());
             WebhookConfig {
                 addr: self.webhook_bind,
