@@ -237,6 +237,6 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, ProxyError::BulkheadFull);
         assert_eq!(start.elapsed(), Duration::from_millis(100));
-        assert_eq!(err.into_response().status(), 503);
+        assert_eq!(err.status(), 503);
     }
 }
