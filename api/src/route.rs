@@ -43,7 +43,8 @@ impl RouteMatch {
     /// Whether every request `other` selects is also selected by `self`.
     pub fn covers(&self, other: &RouteMatch) -> bool {
         let methods = self.methods.is_empty()
-            || (!other.methods.is_empty() && other.methods.iter().all(|m| self.methods.contains(m)));
+            || (!other.methods.is_empty()
+                && other.methods.iter().all(|m| self.methods.contains(m)));
         if !methods {
             return false;
         }

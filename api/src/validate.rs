@@ -174,12 +174,14 @@ mod tests {
         // A text prefix that is not a segment prefix: the sidecar never matches it either.
         let f = validate_policy(&spec(vec![route(Some("/ap"), Some("/api"), &[])]));
         assert_eq!(f.errors.len(), 1, "{f:?}");
-        assert!(!RouteMatch {
-            path_prefix: Some("/ap".into()),
-            path: Some("/api".into()),
-            methods: vec![],
-        }
-        .matches("GET", "/api"));
+        assert!(
+            !RouteMatch {
+                path_prefix: Some("/ap".into()),
+                path: Some("/api".into()),
+                methods: vec![],
+            }
+            .matches("GET", "/api")
+        );
         let f = validate_policy(&spec(vec![route(Some("/a"), Some("/a/b"), &[])]));
         assert!(f.errors.is_empty());
         assert_eq!(f.warnings.len(), 1);

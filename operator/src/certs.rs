@@ -32,9 +32,9 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 
-use trellis_api::names::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::error::{is_conflict, is_not_found};
 use crate::metrics::Metrics;
+use trellis_api::names::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 
 const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";

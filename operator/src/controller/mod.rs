@@ -20,8 +20,8 @@ use kube::{Api, Client};
 use trellis_api::crd::{MeshService, ResiliencePolicy};
 use trellis_api::render::Settings;
 
-use trellis_api::names::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::metrics::Metrics;
+use trellis_api::names::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// Longest wait between retries of a failing object.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
