@@ -7,7 +7,10 @@
 //!
 //! Framing attacks (CL+TE, conflicting Content-Lengths) are stopped below
 //! HTTP, in [`crate::server::guard`]; oversized heads, bad request lines,
-//! header syntax and `obs-fold` by hyper, which answers 400 or 431 itself.
+//! header syntax, `obs-fold`, invalid lengths and a final transfer coding
+//! other than chunked by hyper, which answers 400 or 431 itself (the
+//! process tests pin each). `Max-Forwards` is not acted on: `TRACE` and
+//! `OPTIONS` are forwarded like any request.
 //! A `Host` that differs from an HTTP/2 `:authority` is not refused: every
 //! hop of the mesh names its endpoint in `:authority`, so on the inbound side
 //! they differ by design.

@@ -251,3 +251,43 @@ async fn a_missing_repeated_or_invalid_host_is_400_on_both_listeners() {
     assert!(out.starts_with("HTTP/1.0 200"), "{out}");
     assert_eq!(app.hits.load(Ordering::SeqCst), 2);
 }
+
+/// The rest of RFC 9112's request-head rules, as both listeners apply them
+/// (hyper's parser and the framing guard): each head is answered 400 and
+/// nothing is forwarded.
+#[tokio::test]
+async fn other_malformed_heads_are_400_and_never_forwarded() {
+    let (app, proxy) = setup().await;
+    let bad: [(&str, &[u8]); 6] = [
+        // §6.3: a request whose last transfer coding is not chunked has no knowable length.
+        (
+            "te-not-chunked",
+            b"POST /echo HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+        ),
+        // §5.1: no whitespace between a field name and the colon.
+        (
+            "space-before-colon",
+            b"GET /echo HTTP/1.1\r\nHost : orders\r\n\r\n",
+        ),
+        // §5.2: obsolete line folding in a request.
+        (
+            "obs-fold",
+            b"GET /echo HTTP/1.1\r\nHost: orders\r\nX-A: a\r\n b\r\n\r\n",
+        ),
+        // §6.2: an invalid Content-Length.
+        (
+            "bad-length",
+            b"POST /echo HTTP/1.1\r\nHost: orders\r\nContent-Length: 1x\r\n\r\nabc",
+        ),
+        // §3: a request line with a bad method token or version.
+        ("bad-method", b"G(T /echo HTTP/1.1\r\nHost: orders\r\n\r\n"),
+        ("bad-version", b"GET /echo HTTP/9.9\r\nHost: orders\r\n\r\n"),
+    ];
+    for listener in [proxy.outbound_addr, proxy.inbound_addr] {
+        for (what, request) in bad {
+            let (out, _) = raw(listener, request, WAIT).await;
+            assert!(out.starts_with("HTTP/1.1 400"), "{what}: {out}");
+        }
+    }
+    assert_eq!(app.hits.load(Ordering::SeqCst), 0, "nothing was forwarded");
+}
