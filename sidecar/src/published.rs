@@ -43,11 +43,6 @@ impl<T> View<T> {
         self.0.load()
     }
 
-    /// The current value, to keep.
-    pub fn load_full(&self) -> Arc<T> {
-        self.0.load_full()
-    }
-
     /// A handle that does not keep the value alive, for readers the value
     /// itself reaches (a metrics collector in a registry the value holds).
     pub fn downgrade(&self) -> WeakView<T> {

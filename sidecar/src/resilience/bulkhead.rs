@@ -50,7 +50,8 @@ impl BulkheadState {
     }
 
     /// Free slots now.
-    pub fn available(&self) -> usize {
+    #[cfg(test)]
+    fn available(&self) -> usize {
         self.slots.available_permits()
     }
 

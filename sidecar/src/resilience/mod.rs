@@ -114,20 +114,14 @@ struct Layers {
     per_try: timeout::PerTryTimeoutLayer,
 }
 
+/// What the state-sharing tests look at.
+#[cfg(test)]
 impl RouteResilience {
-    pub fn policy(&self) -> &EffectivePolicy {
-        &self.policy
-    }
-
-    pub fn breaker(&self) -> Option<&Arc<CircuitBreaker>> {
+    fn breaker(&self) -> Option<&Arc<CircuitBreaker>> {
         self.breaker.as_ref()
     }
 
-    pub fn budget(&self) -> Option<&Arc<RetryBudget>> {
-        self.budget.as_ref()
-    }
-
-    pub fn outlier(&self) -> Option<&Arc<OutlierDetector>> {
+    fn outlier(&self) -> Option<&Arc<OutlierDetector>> {
         self.outlier.as_ref()
     }
 }
@@ -135,7 +129,6 @@ impl RouteResilience {
 /// The resilience state of one upstream: the service-level route and one per
 /// configured route, in the config's order.
 pub struct UpstreamResilience {
-    peer: Arc<str>,
     metrics: Metrics,
     service: RouteResilience,
     routes: Vec<(RouteMatch, RouteResilience)>,
@@ -153,16 +146,13 @@ impl UpstreamResilience {
         Self::build(upstream, &self.metrics, Some(self))
     }
 
-    /// The route at `index` in `Upstream::routes` (as matched by the core), or
-    /// the service-level one for `None` or an unknown index.
-    pub fn route(&self, index: Option<usize>) -> &RouteResilience {
+    /// The route at `index` in `Upstream::routes`, or the service-level
+    /// one for `None` or an unknown index.
+    #[cfg(test)]
+    fn route(&self, index: Option<usize>) -> &RouteResilience {
         index
             .and_then(|i| self.routes.get(i))
             .map_or(&self.service, |(_, r)| r)
-    }
-
-    pub fn peer(&self) -> &str {
-        &self.peer
     }
 
     /// The upstream's outlier detector, for its balancer.
@@ -226,7 +216,6 @@ impl UpstreamResilience {
             })
             .collect();
         UpstreamResilience {
-            peer,
             metrics: metrics.clone(),
             service,
             routes,

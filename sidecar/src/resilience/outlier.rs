@@ -157,7 +157,8 @@ impl OutlierDetector {
     }
 
     /// How many endpoints are ejected now.
-    pub fn ejected_count(&self, now: Instant) -> usize {
+    #[cfg(test)]
+    fn ejected_count(&self, now: Instant) -> usize {
         let mut inner = self.lock();
         inner
             .endpoints
