@@ -8,9 +8,12 @@ pub mod bounded;
 pub mod crd;
 pub mod duration;
 pub mod inject;
+pub mod names;
 pub mod parse;
 pub mod proxy;
 pub mod render;
 pub mod resolve;
+pub mod route;
+pub mod validate;
 
 pub use duration::Duration;

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::bounded::Port;
 use crate::crd::{MeshService, Protocol, ResiliencePolicy};
 use crate::inject::{CONFIG_FILE, InjectError, ProxySettings, config_map_name, inject};
+use crate::names::{MANAGED_BY, MANAGED_BY_LABEL, service_hosts};
 use crate::proxy::{
     self, ADMIN_PORT, App, Discovery, INBOUND_PORT, Identity, Listeners, OUTBOUND_PORT,
     ProxyConfig, Tracing, Upstream,
@@ -28,7 +29,6 @@ use crate::resolve::{Conflict, resolve};
 pub const CONFIG_HASH_ANNOTATION: &str = "mesh.trellis.dev/config-hash";
 /// Selector label of a MeshService's pods.
 pub const SERVICE_LABEL: &str = "mesh.trellis.dev/service";
-pub const MANAGED_BY: &str = "trellis-operator";
 /// The port callers use on the Service; it forwards to the sidecar's inbound port.
 pub const SERVICE_PORT: i32 = 80;
 
@@ -291,7 +291,7 @@ pub fn proxy_config(
             };
             Upstream {
                 name: up.clone(),
-                authorities: authorities(up, namespace, &settings.cluster_domain),
+                authorities: service_hosts(up, namespace, &settings.cluster_domain),
                 discovery,
                 policy,
                 routes,
@@ -328,16 +328,6 @@ pub fn proxy_config(
     }
 }
 
-/// The host names an app may use for an upstream.
-pub fn authorities(name: &str, namespace: &str, cluster_domain: &str) -> Vec<String> {
-    vec![
-        name.to_string(),
-        format!("{name}.{namespace}"),
-        format!("{name}.{namespace}.svc"),
-        format!("{name}.{namespace}.svc.{cluster_domain}"),
-    ]
-}
-
 fn labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), name.to_string()),
@@ -345,10 +335,7 @@ fn labels(name: &str) -> BTreeMap<String, String> {
             "app.kubernetes.io/part-of".to_string(),
             "trellis".to_string(),
         ),
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            MANAGED_BY.to_string(),
-        ),
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
     ])
 }
 

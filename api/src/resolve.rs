@@ -29,7 +29,7 @@ impl std::fmt::Display for Conflict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let slot = match &self.route {
             None => "the service-level policy".to_string(),
-            Some(m) => format!("route {}", describe_match(m)),
+            Some(m) => format!("route {}", m.describe()),
         };
         write!(
             f,
@@ -128,7 +128,9 @@ pub fn resolve(policies: &[ResiliencePolicy]) -> Resolution {
             }
         }
         slots.routes.sort_by(|(_, a), (_, b)| {
-            specificity(&b.route_match).cmp(&specificity(&a.route_match))
+            b.route_match
+                .specificity()
+                .cmp(&a.route_match.specificity())
         });
     }
     res.conflicts.dedup();
@@ -143,32 +145,6 @@ fn age_key(p: &ResiliencePolicy) -> (bool, Option<k8s_openapi::jiff::Timestamp>,
         ts,
         p.metadata.name.clone().unwrap_or_default(),
     )
-}
-
-/// Higher is more specific: an exact path beats a longer prefix beats methods alone;
-/// with methods beats without. The sidecar tries routes in this order.
-pub fn specificity(m: &RouteMatch) -> (u8, usize, usize) {
-    let path = match (&m.path, &m.path_prefix) {
-        (Some(p), _) => (2, p.len()),
-        (None, Some(p)) => (1, p.len()),
-        (None, None) => (0, 0),
-    };
-    (path.0, path.1, usize::from(!m.methods.is_empty()))
-}
-
-pub fn describe_match(m: &RouteMatch) -> String {
-    let mut parts = Vec::new();
-    if let Some(p) = &m.path {
-        parts.push(format!("path={p}"));
-    }
-    if let Some(p) = &m.path_prefix {
-        parts.push(format!("pathPrefix={p}"));
-    }
-    if !m.methods.is_empty() {
-        let methods: Vec<&str> = m.methods.iter().map(|m| m.as_str()).collect();
-        parts.push(format!("methods={}", methods.join(",")));
-    }
-    format!("[{}]", parts.join(" "))
 }
 
 impl Resolution {

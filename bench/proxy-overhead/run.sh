@@ -16,4 +16,5 @@ if ! command -v haproxy >/dev/null 2>&1; then
 fi
 
 cargo build --release -p trellis-proxy -p trellis-bench-proxy-overhead
-exec target/release/proxy-overhead --proxy-bin target/release/trellis-proxy "$@"
+bin="${CARGO_TARGET_DIR:-target}/release"
+exec "$bin/proxy-overhead" --proxy-bin "$bin/trellis-proxy" "$@"

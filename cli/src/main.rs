@@ -10,6 +10,7 @@ use trellis_api::crd::{LogLevel, MeshService, ResiliencePolicy};
 use trellis_api::inject::ProxySettings;
 use trellis_api::parse::from_yaml;
 use trellis_api::proxy::ProxyConfig;
+use trellis_api::validate::validate_policy;
 
 #[derive(Parser)]
 #[command(
@@ -54,7 +55,8 @@ fn read(file: &str) -> anyhow::Result<String> {
     }
 }
 
-/// Parses each document by its kind; errors name the file, document and field.
+/// Parses each document by its kind and checks it as the operator's webhook
+/// would; errors name the file, document and field.
 fn check(file: &str) -> anyhow::Result<usize> {
     use serde::Deserialize;
     let text = read(file)?;
@@ -70,13 +72,23 @@ fn check(file: &str) -> anyhow::Result<usize> {
             .get("kind")
             .and_then(|k| k.as_str())
             .unwrap_or_default();
-        let result = match kind {
-            "MeshService" => from_yaml::<MeshService>(&one).map(drop),
-            "ResiliencePolicy" => from_yaml::<ResiliencePolicy>(&one).map(drop),
-            "ProxyConfig" => ProxyConfig::from_yaml(&one).map(drop),
+        let at = |e: &dyn std::fmt::Display| anyhow::anyhow!("{file}: document {i} ({kind}): {e}");
+        match kind {
+            "MeshService" => drop(from_yaml::<MeshService>(&one).map_err(|e| at(&e))?),
+            "ResiliencePolicy" => {
+                let policy = from_yaml::<ResiliencePolicy>(&one).map_err(|e| at(&e))?;
+                // What the validating webhook denies, `check` rejects.
+                let findings = validate_policy(&policy.spec);
+                for warning in &findings.warnings {
+                    eprintln!("{file}: document {i} ({kind}): warning: {warning}");
+                }
+                if !findings.errors.is_empty() {
+                    return Err(at(&findings.errors.join("; ")));
+                }
+            }
+            "ProxyConfig" => drop(ProxyConfig::from_yaml(&one).map_err(|e| at(&e))?),
             _ => continue,
-        };
-        result.map_err(|e| anyhow::anyhow!("{file}: document {i} ({kind}): {e}"))?;
+        }
         count += 1;
     }
     Ok(count)

@@ -53,6 +53,23 @@ fn check_names_the_bad_field() {
 }
 
 #[test]
+fn check_rejects_what_the_webhook_denies() {
+    // The second route can never match: the first is tried before it and covers it.
+    let doc = "apiVersion: mesh.trellis.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: p}\nspec:\n  targetRef: {kind: MeshService, name: x}\n  routes:\n  - match: {pathPrefix: /api, methods: [GET, POST]}\n    retry: {attempts: 1}\n  - match: {pathPrefix: /api, methods: [POST]}\n    retry: {attempts: 2}\n";
+    let (ok, _, err) = trellis(&["check", "-"], doc);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("routes[1]") && err.contains("can never match"),
+        "{err}"
+    );
+    // A redundant prefix is only a warning.
+    let doc = "apiVersion: mesh.trellis.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: p}\nspec:\n  targetRef: {kind: MeshService, name: x}\n  routes:\n  - match: {pathPrefix: /a, path: /a/b}\n    retry: {attempts: 1}\n";
+    let (ok, _, err) = trellis(&["check", "-"], doc);
+    assert!(ok, "{err}");
+    assert!(err.contains("warning: routes[0].match"), "{err}");
+}
+
+#[test]
 fn inject_reads_stdin_and_writes_manifests() {
     let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, annotations: {mesh.trellis.dev/inject: enabled}}\nspec:\n  containers: [{name: app, image: busybox}]\n";
     let (ok, out, err) = trellis(&["inject", "--proxy-image", "trellis/proxy:1.2"], pod);

@@ -15,13 +15,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use trellis_api::names::{MANAGED_BY, MANAGED_BY_LABEL};
 
 use crate::error::{Error, Result};
 
 /// Hash of the rendered object, on every object the operator applies.
 pub const APPLIED_HASH_ANNOTATION: &str = "mesh.trellis.dev/applied-hash";
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "trellis-operator";
 
 /// What [`ensure`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

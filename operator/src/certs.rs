@@ -32,9 +32,9 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 
-use crate::apply::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::error::{is_conflict, is_not_found};
 use crate::metrics::Metrics;
+use trellis_api::names::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 
 const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
@@ -87,16 +87,6 @@ pub struct CertConfig {
 }
 
 impl CertConfig {
-    /// The names a Service `name` in `namespace` answers to.
-    pub fn service_hosts(name: &str, namespace: &str, cluster_domain: &str) -> Vec<String> {
-        vec![
-            name.to_string(),
-            format!("{name}.{namespace}"),
-            format!("{name}.{namespace}.svc"),
-            format!("{name}.{namespace}.svc.{cluster_domain}"),
-        ]
-    }
-
     /// Renew the leaf when less than a third of its life is left.
     fn leaf_renew_at(&self, not_after: i64) -> i64 {
         not_after - (self.cert_validity.as_secs() / 3) as i64
@@ -340,7 +330,7 @@ impl CertManager {
             config,
             store,
             metrics,
-            field_manager: crate::controller::FIELD_MANAGER.into(),
+            field_manager: FIELD_MANAGER.into(),
         }
     }
 

@@ -210,8 +210,11 @@ impl RunArgs {
             ..Settings::default()
         };
         let webhook = self.webhook.then(|| {
-            let mut hosts =
-                CertConfig::service_hosts(&self.webhook_service, &own_ns, &self.cluster_domain);
+            let mut hosts = trellis_api::names::service_hosts(
+                &self.webhook_service,
+                &own_ns,
+                &self.cluster_domain,
+            );
             hosts.extend(self.cert_hosts.iter().filter(|h| !h.is_empty()).cloned());
             WebhookConfig {
                 addr: self.webhook_bind,

@@ -1,5 +1,5 @@
 //! trellis-operator: turns MeshServices and ResiliencePolicies into running,
-//! meshed workloads (ARCHITECTURE.md §2–§3).
+//! meshed workloads (docs/architecture.md, "Data flow").
 //!
 //! Everything lives in this library so tests can start the operator in
 //! process against any API server: [`Operator::start`] (or [`run`]) with an

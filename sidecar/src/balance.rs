@@ -8,11 +8,9 @@
 //! and does not herd every proxy onto the same "best" endpoint.
 //!
 //! Hooks for the resilience layers (outlier detection, retries):
-//! - [`Endpoint::eject_until`] takes an endpoint out of rotation until an instant;
-//!   [`EndpointSet::pick`] skips it meanwhile.
-//! - [`EndpointSet::set_filter`] installs an [`EndpointFilter`] (state kept
-//!   outside the balancer, keyed by address) asked at every pick and told the
-//!   endpoint list after every discovery update.
+//! - [`EndpointSet::set_filter`] installs an [`EndpointFilter`] (ejections,
+//!   kept outside the balancer, keyed by address) asked at every pick and
+//!   told the endpoint list after every discovery update.
 //! - [`EndpointSet::set_observer`] installs an [`OutcomeObserver`] that hears the
 //!   outcome of every request sent to every endpoint of the upstream.
 //! - [`TriedEndpoints`], a request extension, lists the endpoints earlier attempts
@@ -48,7 +46,6 @@ pub struct Endpoint {
     addr: SocketAddr,
     in_flight: AtomicUsize,
     ewma: Mutex<Ewma>,
-    ejected_until: Mutex<Option<Instant>>,
 }
 
 #[derive(Debug)]
@@ -67,7 +64,6 @@ impl Endpoint {
                 cost: DEFAULT_RTT.as_nanos() as f64,
                 at: Instant::now(),
             }),
-            ejected_until: Mutex::new(None),
         }
     }
 
@@ -83,25 +79,6 @@ impl Endpoint {
     /// The current (decayed) latency estimate.
     pub fn ewma_latency(&self) -> Duration {
         Duration::from_nanos(self.decayed_cost(Instant::now()) as u64)
-    }
-
-    /// Takes the endpoint out of rotation until `until` (outlier ejection).
-    pub fn eject_until(&self, until: Instant) {
-        *lock(&self.ejected_until) = Some(until);
-    }
-
-    /// Puts an ejected endpoint back at once.
-    pub fn restore(&self) {
-        *lock(&self.ejected_until) = None;
-    }
-
-    /// When the current ejection ends, if it is still running.
-    pub fn ejected_until(&self) -> Option<Instant> {
-        lock(&self.ejected_until).filter(|t| *t > Instant::now())
-    }
-
-    pub fn is_available(&self, now: Instant) -> bool {
-        lock(&self.ejected_until).is_none_or(|t| t <= now)
     }
 
     /// Counts a request in flight until the returned guard is dropped.
@@ -148,12 +125,6 @@ impl Endpoint {
 #[derive(Debug)]
 pub struct InFlight(Arc<Endpoint>);
 
-impl InFlight {
-    pub fn endpoint(&self) -> &Arc<Endpoint> {
-        &self.0
-    }
-}
-
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -180,7 +151,7 @@ pub enum Outcome {
 }
 
 /// Hears the outcome of every attempt to every endpoint of one upstream.
-/// Outlier detection implements this and ejects with [`Endpoint::eject_until`].
+/// Outlier detection implements this (and ejects through its [`EndpointFilter`]).
 /// Called on the request path: keep it short and never block.
 pub trait OutcomeObserver: Send + Sync + 'static {
     fn record(&self, set: &EndpointSet, endpoint: &Arc<Endpoint>, outcome: Outcome);
@@ -207,10 +178,31 @@ impl TriedEndpoints {
     pub fn list(&self) -> Vec<SocketAddr> {
         lock(&self.0).clone()
     }
+}
 
-    /// The endpoint the latest attempt went to.
-    pub fn last(&self) -> Option<SocketAddr> {
-        lock(&self.0).last().copied()
+/// An endpoint's standing with the balancer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointState {
+    Ready,
+    /// Outlier detection took it out of rotation.
+    Ejected,
+    /// Discovery lost its source; the endpoint is still used.
+    Stale,
+}
+
+impl EndpointState {
+    pub const ALL: [EndpointState; 3] = [
+        EndpointState::Ready,
+        EndpointState::Ejected,
+        EndpointState::Stale,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointState::Ready => "ready",
+            EndpointState::Ejected => "ejected",
+            EndpointState::Stale => "stale",
+        }
     }
 }
 
@@ -321,11 +313,21 @@ impl EndpointSet {
             .clone()
     }
 
-    /// Whether `endpoint` may take requests now (not ejected by either hook).
+    /// Whether `endpoint` may take requests now (not ejected).
     pub fn is_available(&self, endpoint: &Endpoint) -> bool {
-        let filter = self.filter();
-        endpoint.is_available(Instant::now())
-            && filter.is_none_or(|f| !f.is_ejected(endpoint.addr, tokio::time::Instant::now()))
+        self.filter()
+            .is_none_or(|f| !f.is_ejected(endpoint.addr, tokio::time::Instant::now()))
+    }
+
+    /// What `endpoint` is to callers now, as `/endpoints` and `trellis_endpoints` say.
+    pub fn state(&self, endpoint: &Endpoint) -> EndpointState {
+        if !self.is_available(endpoint) {
+            EndpointState::Ejected
+        } else if self.is_stale() {
+            EndpointState::Stale
+        } else {
+            EndpointState::Ready
+        }
     }
 
     /// Reports an attempt's outcome to the observer, if one is installed.
@@ -350,7 +352,6 @@ impl EndpointSet {
         let tnow = tokio::time::Instant::from_std(now);
         let available: Vec<&Arc<Endpoint>> = all
             .iter()
-            .filter(|e| e.is_available(now))
             .filter(|e| filter.as_ref().is_none_or(|f| !f.is_ejected(e.addr, tnow)))
             .collect();
         let fresh: Vec<&Arc<Endpoint>> = available
@@ -420,20 +421,31 @@ mod tests {
 
     #[test]
     fn pick_skips_ejected_and_avoided_endpoints() {
+        /// Ejects what the test says.
+        #[derive(Default)]
+        struct Ejected(Mutex<Vec<SocketAddr>>);
+        impl EndpointFilter for Ejected {
+            fn is_ejected(&self, addr: SocketAddr, _: tokio::time::Instant) -> bool {
+                lock(&self.0).contains(&addr)
+            }
+        }
         let set = EndpointSet::new("p");
+        let ejected = Arc::new(Ejected::default());
+        set.set_filter(Some(ejected.clone()));
         set.update([addr(1), addr(2), addr(3)]);
-        set.snapshot()[0].eject_until(Instant::now() + Duration::from_secs(60));
+        lock(&ejected.0).push(addr(1));
         for _ in 0..50 {
             let got = set.pick(&[addr(2)]).map(|e| e.addr());
             assert_eq!(got, Some(addr(3)));
         }
         // Avoidance yields when nothing else is left; ejection does not.
-        set.snapshot()[2].eject_until(Instant::now() + Duration::from_secs(60));
+        lock(&ejected.0).push(addr(3));
         assert_eq!(set.pick(&[addr(2)]).map(|e| e.addr()), Some(addr(2)));
-        set.snapshot()[1].eject_until(Instant::now() + Duration::from_secs(60));
+        lock(&ejected.0).push(addr(2));
         assert!(set.pick(&[]).is_none());
-        set.snapshot()[1].restore();
+        lock(&ejected.0).retain(|a| *a != addr(2));
         assert_eq!(set.pick(&[]).map(|e| e.addr()), Some(addr(2)));
+        assert!(!set.is_available(&set.snapshot()[0]));
     }
 
     #[test]

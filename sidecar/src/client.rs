@@ -18,7 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::{self, Body, BoxError};
+use crate::body::Body;
+use crate::error::ProxyError;
+use crate::stall;
 
 /// Which HTTP version to speak to the endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +42,7 @@ pub struct HttpClient {
 struct Clients {
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
+    body_idle_timeout: Duration,
 }
 
 /// Connection settings of one client.
@@ -48,6 +51,8 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     /// Idle pooled connections are closed after this.
     pub idle_timeout: Duration,
+    /// A response body that stalls this long is cut.
+    pub body_idle_timeout: Duration,
 }
 
 /// `to` as a URI authority. The last few are kept per thread: a proxy
@@ -95,19 +100,24 @@ impl HttpClient {
             .http2_adaptive_window(true)
             .build(connector);
         HttpClient {
-            inner: Arc::new(Clients { h1, h2 }),
+            inner: Arc::new(Clients {
+                h1,
+                h2,
+                body_idle_timeout: settings.body_idle_timeout,
+            }),
         }
     }
 
     /// Sends `req` to `to`. The request's path and headers are kept; its URI
     /// is pointed at the endpoint (origin-form on HTTP/1.1, `:authority` is
     /// the endpoint on HTTP/2 while `Host` keeps the logical authority).
+    /// A failure is classified here, where its source is known.
     pub async fn send(
         &self,
         mut req: Request<Body>,
         to: SocketAddr,
         wire: Wire,
-    ) -> Result<Response<Body>, BoxError> {
+    ) -> Result<Response<Body>, ProxyError> {
         let h2 = wire == Wire::Http2 || req.version() == Version::HTTP_2;
         // On HTTP/1.1 the logical authority travels in Host; an absolute-form
         // URI's authority replaces whatever Host said (RFC 9112 §3.2.2).
@@ -121,20 +131,22 @@ impl HttpClient {
         }
         let mut parts = req.uri().clone().into_parts();
         parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(authority_of(to)?);
+        parts.authority = Some(authority_of(to).map_err(|_| ProxyError::BadRequest)?);
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
-        *req.uri_mut() = Uri::from_parts(parts)?;
-        let rsp = if h2 {
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest)?;
+        let sent = if h2 {
             *req.version_mut() = Version::HTTP_2;
-            self.inner.h2.request(req).await?
+            self.inner.h2.request(req).await
         } else {
             if req.version() != Version::HTTP_10 {
                 *req.version_mut() = Version::HTTP_11;
             }
-            self.inner.h1.request(req).await?
+            self.inner.h1.request(req).await
         };
-        Ok(rsp.map(body::boxed))
+        let rsp = sent.map_err(|e| ProxyError::of_client_error(&e))?;
+        let idle = self.inner.body_idle_timeout;
+        Ok(rsp.map(|b| stall::bounded(b, idle)))
     }
 }

@@ -1,17 +1,25 @@
-//! What a well-behaved HTTP intermediary does to every message it forwards,
-//! whatever the upstream: drop hop-by-hop headers, say it was here (`Via`,
-//! `x-forwarded-*`), give the request an id, and refuse requests that already
-//! passed through this very listener (a routing loop would otherwise
-//! multiply one request until sockets run out).
+//! What a well-behaved HTTP intermediary does to every request it forwards,
+//! whatever the upstream: refuse heads HTTP forbids (RFC 9110, RFC 9112
+//! §3.2: a missing, repeated or invalid `Host`), drop hop-by-hop headers, say
+//! it was here (`Via`, `x-forwarded-*`), give the request an id, and refuse
+//! requests that already passed through this very listener (a routing loop
+//! would otherwise multiply one request until sockets run out).
 //!
 //! Framing attacks (CL+TE, conflicting Content-Lengths) are stopped below
-//! HTTP, in [`crate::server::guard`]; oversized heads by hyper's limits.
+//! HTTP, in [`crate::server::guard`]; oversized heads, bad request lines,
+//! header syntax, `obs-fold`, invalid lengths and a final transfer coding
+//! other than chunked by hyper, which answers 400 or 431 itself (the
+//! process tests pin each). `Max-Forwards` is not acted on: `TRACE` and
+//! `OPTIONS` are forwarded like any request.
+//! A `Host` that differs from an HTTP/2 `:authority` is not refused: every
+//! hop of the mesh names its endpoint in `:authority`, so on the inbound side
+//! they differ by design.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Version};
+use http::{Request, Response, StatusCode, Version};
 
 use crate::Direction;
 use crate::error::ProxyError;
@@ -63,11 +71,8 @@ impl Hop {
         self.via[i].clone()
     }
 
-    pub fn marker(&self) -> &str {
-        &self.marker
-    }
-
-    /// Checks and rewrites a request about to be forwarded.
+    /// Checks and rewrites a request about to be forwarded; an `Err` is the
+    /// answer instead, and nothing is forwarded.
     pub fn on_request<B>(
         &self,
         req: &mut Request<B>,
@@ -77,8 +82,10 @@ impl Hop {
         if req.headers().len() > max_headers {
             return Err(ProxyError::HeadersTooLarge);
         }
+        check_host(req)?;
         self.check_loop(req.headers())?;
-        strip_hop_by_hop(req.headers_mut());
+        let http11 = req.version() == Version::HTTP_11;
+        strip_hop_by_hop(req.headers_mut(), http11);
         if let Some(via) = self.via(req.version()) {
             append_list(req.headers_mut(), header::VIA, via);
         }
@@ -121,31 +128,73 @@ impl Hop {
     }
 }
 
-/// Rewrites a response about to be returned to the client.
-/// Calls a listener's stack and cleans the response's hop-by-hop headers:
-/// the last step of both listeners.
-pub fn respond_through(
-    stack: crate::HttpService,
-    req: http::Request<crate::body::Body>,
-) -> futures::future::BoxFuture<'static, Response<crate::body::Body>> {
-    use tower::ServiceExt;
-    // Boxed first: the oneshot future is only `Send` for the concrete request type.
-    let call: futures::future::BoxFuture<
-        'static,
-        Result<Response<crate::body::Body>, std::convert::Infallible>,
-    > = Box::pin(stack.oneshot(req));
-    Box::pin(async move {
-        let mut rsp = match call.await {
-            Ok(rsp) => rsp,
-            Err(never) => match never {},
-        };
-        on_response(&mut rsp);
-        rsp
-    })
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, and any request with
+/// more than one `Host` or an invalid one, is answered 400.
+fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version() == Version::HTTP_11 => Err(ProxyError::BadRequest),
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest),
+        (Some(host), None) if is_valid_host(host.as_bytes()) => Ok(()),
+        (Some(_), None) => Err(ProxyError::BadRequest),
+    }
 }
 
+/// `Host = uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a
+/// bracketed IPv6 address, or a reg-name (which covers IPv4), then digits.
+fn is_valid_host(value: &[u8]) -> bool {
+    let port = if let Some(rest) = value.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let literal = std::str::from_utf8(&rest[..end]).ok();
+        if literal.and_then(|a| a.parse::<Ipv6Addr>().ok()).is_none() {
+            return false;
+        }
+        &rest[end + 1..]
+    } else {
+        let end = value.iter().position(|b| *b == b':').unwrap_or(value.len());
+        if !is_reg_name(&value[..end]) {
+            return false;
+        }
+        &value[end..]
+    };
+    match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    }
+}
+
+/// `reg-name = *( unreserved / pct-encoded / sub-delims )`.
+fn is_reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                let hex = name.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() => {}
+            b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Cleans the hop-by-hop headers of a response about to be returned to the
+/// client; a `101 Switching Protocols` keeps the upgrade it announces.
 pub fn on_response<B>(rsp: &mut Response<B>) {
-    strip_hop_by_hop(rsp.headers_mut());
+    let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(rsp.headers_mut(), switching);
 }
 
 fn protocol(v: Version) -> &'static str {
@@ -245,12 +294,15 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes the headers that describe one connection, not the message
 /// (RFC 9110 §7.6.1), including those `Connection` names. `TE: trailers`
-/// is end-to-end in practice (gRPC needs it) and survives.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// is end-to-end in practice (gRPC needs it) and survives. When `upgrading`
+/// (an HTTP/1.1 message) announces an upgrade, the next hop is asked for the
+/// same one: `Upgrade` stays and `Connection: upgrade` is written anew.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     // Most messages carry none of them: one pass over the names, no removals.
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
+    let mut upgrade = false;
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -259,11 +311,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
     for name in named {
+        if name == header::UPGRADE {
+            upgrade = true;
+        }
         // A client must not be able to strip end-to-end framing or routing this way.
-        if name != header::CONTENT_LENGTH && name != header::HOST {
+        if name != header::CONTENT_LENGTH && name != header::HOST && name != header::UPGRADE {
             headers.remove(name);
         }
     }
+    let keep_upgrade = upgrading && upgrade && headers.contains_key(header::UPGRADE);
     let wants_trailers = headers
         .get_all(header::TE)
         .iter()
@@ -274,7 +330,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         header::CONNECTION,
         header::TE,
         header::TRANSFER_ENCODING,
-        header::UPGRADE,
         header::PROXY_AUTHORIZATION,
         header::PROXY_AUTHENTICATE,
     ] {
@@ -282,6 +337,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove(KEEP_ALIVE);
     headers.remove(PROXY_CONNECTION);
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
     if wants_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -298,6 +358,7 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_what_connection_names() {
         let mut req = Request::builder()
+            .header("host", "orders")
             .header("connection", "keep-alive, x-secret")
             .header("x-secret", "1")
             .header("keep-alive", "timeout=5")
@@ -333,6 +394,7 @@ mod tests {
     #[test]
     fn appends_to_forwarding_lists_and_keeps_request_id() {
         let mut req = Request::builder()
+            .header("host", "orders")
             .header("via", "1.1 other")
             .header("x-forwarded-for", "192.0.2.1")
             .header("x-request-id", "abc")
@@ -350,6 +412,7 @@ mod tests {
     fn detects_its_own_marker() {
         let hop = Hop::new("a", Direction::Outbound);
         let mut req = Request::builder()
+            .header("host", "orders")
             .header("via", "1.1 trellis.a.inbound, 1.1 trellis.a.outbound")
             .body(())
             .unwrap();
@@ -359,6 +422,7 @@ mod tests {
         );
         // The other direction of the same proxy is a different hop.
         let mut req = Request::builder()
+            .header("host", "orders")
             .header("via", "1.1 trellis.a.inbound")
             .body(())
             .unwrap();
@@ -394,7 +458,11 @@ mod tests {
             (Version::HTTP_11, "1.1 trellis.a.inbound"),
             (Version::HTTP_2, "2 trellis.a.inbound"),
         ] {
-            let mut req = Request::builder().version(v).body(()).unwrap();
+            let mut req = Request::builder()
+                .version(v)
+                .header("host", "orders")
+                .body(())
+                .unwrap();
             hop.on_request(&mut req, remote(), 100).unwrap();
             assert_eq!(req.headers()["via"], text);
         }
@@ -403,6 +471,7 @@ mod tests {
     #[test]
     fn too_many_headers() {
         let mut req = Request::builder()
+            .header("host", "orders")
             .header("a", "1")
             .header("b", "1")
             .header("c", "1")
@@ -413,5 +482,115 @@ mod tests {
             hop.on_request(&mut req, remote(), 2),
             Err(ProxyError::HeadersTooLarge)
         );
+    }
+
+    fn host_verdict(version: Version, hosts: &[&[u8]]) -> Result<(), ProxyError> {
+        let mut req = Request::builder().version(version).body(()).unwrap();
+        for h in hosts {
+            req.headers_mut()
+                .append(header::HOST, HeaderValue::from_bytes(h).unwrap());
+        }
+        Hop::new("a", Direction::Inbound).on_request(&mut req, remote(), 100)
+    }
+
+    #[test]
+    fn host_must_be_there_once_and_valid() {
+        let ok = Ok(());
+        let bad = Err(ProxyError::BadRequest);
+        for v in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
+            assert_eq!(host_verdict(v, &[b"orders"]), ok, "{v:?}");
+            assert_eq!(host_verdict(v, &[b"orders", b"orders"]), bad, "{v:?}");
+            assert_eq!(host_verdict(v, &[b"a", b"b"]), bad, "{v:?}");
+            assert_eq!(host_verdict(v, &[b"orders shop"]), bad, "{v:?}");
+        }
+        // Only HTTP/1.1 requires it (HTTP/2 has :authority, HTTP/1.0 predates it).
+        assert_eq!(host_verdict(Version::HTTP_11, &[]), bad);
+        assert_eq!(host_verdict(Version::HTTP_10, &[]), ok);
+        assert_eq!(host_verdict(Version::HTTP_2, &[]), ok);
+    }
+
+    #[test]
+    fn host_values_follow_the_uri_grammar() {
+        for good in [
+            "orders",
+            "orders.shop.svc.cluster.local:8080",
+            "ORDERS:80",
+            "10.0.0.1:4143",
+            "[::1]",
+            "[fe80::1]:8080",
+            "a-b_c~d.e",
+            "xn--bcher-kva.example",
+            "%41bc",
+            "orders:",
+            "",
+        ] {
+            assert!(is_valid_host(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            "orders shop",
+            "user@orders",
+            "orders:80:80",
+            "orders:http",
+            "[::1",
+            "[nope]:80",
+            "[::1]x",
+            "orders/x",
+            "%4",
+            "%zz",
+            "or\"ders",
+            "orders\t",
+        ] {
+            assert!(!is_valid_host(bad.as_bytes()), "{bad:?}");
+        }
+        // Bytes HeaderValue allows but a host never has.
+        assert!(!is_valid_host(b"ord\xffers"));
+    }
+
+    #[test]
+    fn an_upgrade_is_asked_of_the_next_hop_too() {
+        let mut req = Request::builder()
+            .header("host", "orders")
+            .header("connection", "Upgrade, x-private")
+            .header("upgrade", "websocket")
+            .header("x-private", "1")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        Hop::new("a", Direction::Outbound)
+            .on_request(&mut req, remote(), 100)
+            .unwrap();
+        let h = req.headers();
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert!(!h.contains_key("x-private"));
+        assert!(h.contains_key("sec-websocket-key"));
+        // Over HTTP/2 there is no such thing: both go.
+        let mut req = Request::builder()
+            .version(Version::HTTP_2)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        Hop::new("a", Direction::Outbound)
+            .on_request(&mut req, remote(), 100)
+            .unwrap();
+        assert!(!req.headers().contains_key("upgrade"));
+        // A 101 keeps what it switches to; any other response drops it.
+        let mut rsp = Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        on_response(&mut rsp);
+        assert_eq!(rsp.headers()["upgrade"], "websocket");
+        assert_eq!(rsp.headers()["connection"], "upgrade");
+        let mut rsp = Response::builder()
+            .header("connection", "upgrade")
+            .header("upgrade", "h2c")
+            .body(())
+            .unwrap();
+        on_response(&mut rsp);
+        assert!(rsp.headers().is_empty());
     }
 }

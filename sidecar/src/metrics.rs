@@ -1,6 +1,8 @@
-//! Every metric family of the proxy (ARCHITECTURE.md §4), registered in one
-//! registry owned by the proxy instance: no global state, so tests can run
-//! several proxies in one process.
+//! Every metric family of the proxy (docs/architecture.md, "Metrics"),
+//! registered in one registry owned by the proxy instance: no global state,
+//! so tests can run several proxies in one process. The endpoint gauges are
+//! computed from the route table when scraped
+//! ([`crate::outbound::EndpointGauges`]), registered here at start.
 //!
 //! Labels stay low-cardinality: `peer` is an upstream service name (or
 //! `inbound`), never a pod IP or a path.
@@ -23,14 +25,10 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     /// `peer`, `to` (closed|open|half-open).
     pub circuit_transitions_total: IntCounterVec,
-    /// `peer`, `state` (ready|ejected|stale).
-    pub endpoints: IntGaugeVec,
     pub bulkhead_rejected_total: IntCounterVec,
     pub rate_limited_total: IntCounter,
     pub fallback_responses_total: IntCounterVec,
     pub config_reload_errors_total: IntCounter,
-    /// `peer`: 1 while discovery for the upstream cannot reach its source (last known endpoints kept).
-    pub discovery_stale: IntGaugeVec,
     pub spans_dropped_total: IntCounter,
 }
 
@@ -96,11 +94,6 @@ impl Metrics {
                 "Circuit breaker transitions",
                 &["peer", "to"],
             ),
-            endpoints: gauge_vec(
-                "trellis_endpoints",
-                "Endpoints by state",
-                &["peer", "state"],
-            ),
             bulkhead_rejected_total: counter_vec(
                 "trellis_bulkhead_rejected_total",
                 "Requests rejected because the bulkhead was full",
@@ -118,11 +111,6 @@ impl Metrics {
             config_reload_errors_total: counter(
                 "trellis_config_reload_errors_total",
                 "Config files that failed to load; the last good config stayed",
-            ),
-            discovery_stale: gauge_vec(
-                "trellis_discovery_stale",
-                "1 while discovery cannot reach its source and serves the last known endpoints",
-                &["peer"],
             ),
             spans_dropped_total: counter(
                 "trellis_spans_dropped_total",

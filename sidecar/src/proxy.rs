@@ -1,29 +1,31 @@
-//! One proxy instance: its listeners, its state, how a new config is
-//! applied, and how it shuts down. Everything is owned by the instance (no
-//! global state), so tests run several proxies in one process.
+//! One proxy instance, composed in this one place: its listeners, the
+//! applier that owns its config's state, the file watcher, and how it shuts
+//! down. Everything is owned by the instance (no global state), so tests run
+//! several proxies in one process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::info;
 
+use crate::Direction;
 use crate::admin::AdminHandler;
-use crate::client::{ClientSettings, HttpClient};
+use crate::apply::{Applier, Views};
 use crate::discovery::KubeClient;
-use crate::inbound::{Inbound, InboundHandler, stack as inbound_stack};
+use crate::edge::Edge;
+use crate::hygiene::Hop;
+use crate::inbound::InboundRouter;
 use crate::metrics::Metrics;
-use crate::outbound::{BuildContext, Outbound, OutboundHandler, RouteTable};
-use crate::resilience::InboundResilience;
+use crate::outbound::{EndpointGauges, OutboundRouter};
 use crate::server::{self, Shutdown};
 use crate::trace::Telemetry;
-use trellis_api::proxy::{HttpSettings, ProxyConfig, Timeouts};
+use trellis_api::proxy::ProxyConfig;
 
 /// How long shutdown waits for queued spans to reach the collector.
 const TRACE_FLUSH: Duration = Duration::from_secs(5);
@@ -51,84 +53,20 @@ impl Default for Options {
 
 pub struct Proxy;
 
-/// State shared by the listeners of one proxy.
-pub struct Shared {
-    pub metrics: Metrics,
-    pub config: ArcSwap<ProxyConfig>,
-    pub settings: Arc<ArcSwap<HttpSettings>>,
-    pub outbound: Arc<Outbound>,
-    pub inbound: Arc<Inbound>,
-    pub telemetry: Arc<Telemetry>,
-    kube: KubeClient,
-    app_client: HttpClient,
-    /// The inbound limits' state (token bucket, in-flight count).
-    inbound_limits: Mutex<InboundResilience>,
-    /// One apply at a time (file watcher and API callers).
-    applying: Mutex<()>,
-}
-
-impl Shared {
-    /// Applies a validated config atomically: each listener sees the old or
-    /// the new routing, never a mix, and requests in flight finish on what
-    /// they started with. Listener addresses and tracing settings take effect
-    /// on restart only.
-    pub fn apply(&self, config: ProxyConfig) {
-        let _one = self.applying.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.config.load_full();
-        if old.listeners != config.listeners {
-            warn!("listener addresses changed; they take effect on restart");
-        }
-        if old.tracing != config.tracing {
-            warn!("tracing settings changed; they take effect on restart");
-        }
-        self.settings.store(Arc::new(config.http.clone()));
-        let previous = self.outbound.table.load_full();
-        let table = RouteTable::build(
-            &config.upstreams,
-            &previous,
-            &BuildContext {
-                metrics: &self.metrics,
-                telemetry: &self.telemetry,
-                kube: &self.kube,
-            },
-        );
-        self.outbound.table.store(Arc::new(table));
-        let mut limits = self
-            .inbound_limits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        *limits = limits.reload(&config.inbound, &self.metrics);
-        self.inbound.stack.store(Arc::new(inbound_stack::build(
-            inbound_stack::InboundTarget {
-                app: &config.app,
-                limits: &limits,
-                client: &self.app_client,
-                metrics: &self.metrics,
-                telemetry: &self.telemetry,
-            },
-        )));
-        self.config.store(Arc::new(config));
-    }
-
-    /// Ready once every upstream's discovery has answered at least once.
-    pub fn is_ready(&self) -> bool {
-        self.outbound
-            .table
-            .load()
-            .upstreams()
-            .all(|u| u.endpoints.is_resolved())
-    }
-}
-
 /// A running proxy.
 pub struct ProxyHandle {
     pub inbound_addr: SocketAddr,
     pub outbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    shared: Arc<Shared>,
+    metrics: Metrics,
+    views: Views,
+    /// Where new configs go: to the applier, which stops once every sender is gone.
+    configs: Option<watch::Sender<Arc<ProxyConfig>>>,
+    applier: Option<JoinHandle<()>>,
+    watcher: Option<JoinHandle<()>>,
+    telemetry: Arc<Telemetry>,
     shutdown: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
-    reload: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
@@ -151,40 +89,36 @@ impl Proxy {
         let metrics = Metrics::new();
         let telemetry = Arc::new(Telemetry::new(&config.tracing, &config.identity, &metrics)?);
         let instance = format!("{:08x}", rand::random::<u32>());
-        let settings = Arc::new(ArcSwap::from_pointee(config.http.clone()));
-        let app_defaults = Timeouts::default();
-        let app_client = HttpClient::new(ClientSettings {
-            connect_timeout: app_defaults.connect.as_std(),
-            idle_timeout: app_defaults.idle.as_std(),
+        let kube = opts.kube_client.map(KubeClient::given).unwrap_or_default();
+        let config = Arc::new(config);
+        let (applier, views) = Applier::start(config.clone(), &metrics, telemetry.clone(), kube);
+        metrics
+            .registry()
+            .register(Box::new(EndpointGauges::new(&views.routes)))
+            .context("registering the endpoint gauges")?;
+        let (configs, configs_rx) = watch::channel(config);
+        let applier = tokio::spawn(applier.run(configs_rx));
+        let watcher = opts.config_path.map(|path| {
+            tokio::spawn(crate::reload::watch(
+                path,
+                opts.reload_interval,
+                configs.clone(),
+                metrics.config_reload_errors_total.clone(),
+            ))
         });
-        let inbound_limits = InboundResilience::new(&config.inbound, &metrics);
-        let inbound_stack = inbound_stack::build(inbound_stack::InboundTarget {
-            app: &config.app,
-            limits: &inbound_limits,
-            client: &app_client,
-            metrics: &metrics,
-            telemetry: &telemetry,
-        });
-        let shared = Arc::new(Shared {
-            outbound: Arc::new(Outbound::new(&instance, settings.clone(), metrics.clone())),
-            inbound: Arc::new(Inbound::new(
-                &instance,
-                inbound_stack,
-                settings.clone(),
-                metrics.clone(),
-            )),
-            metrics,
-            config: ArcSwap::from_pointee(config.clone()),
-            settings: settings.clone(),
-            telemetry,
-            kube: opts.kube_client.map(KubeClient::given).unwrap_or_default(),
-            app_client,
-            inbound_limits: Mutex::new(inbound_limits),
-            applying: Mutex::new(()),
-        });
-        shared.apply(config);
 
         let (shutdown, signal) = Shutdown::new();
+        let inbound = Edge::new(
+            Hop::new(&instance, Direction::Inbound),
+            views.http.clone(),
+            InboundRouter::new(views.inbound.clone(), &metrics),
+        );
+        let outbound = Edge::new(
+            Hop::new(&instance, Direction::Outbound),
+            views.http.clone(),
+            OutboundRouter::new(views.routes.clone(), &metrics),
+        );
+        let admin = AdminHandler::new(metrics.clone(), views.clone());
         let handle = ProxyHandle {
             inbound_addr: inbound_l.local_addr()?,
             outbound_addr: outbound_l.local_addr()?,
@@ -193,33 +127,31 @@ impl Proxy {
                 tokio::spawn(server::serve(
                     "inbound",
                     inbound_l,
-                    InboundHandler(shared.inbound.clone()),
-                    settings.clone(),
+                    inbound,
+                    views.http.clone(),
                     signal.clone(),
                 )),
                 tokio::spawn(server::serve(
                     "outbound",
                     outbound_l,
-                    OutboundHandler(shared.outbound.clone()),
-                    settings.clone(),
+                    outbound,
+                    views.http.clone(),
                     signal.clone(),
                 )),
                 tokio::spawn(server::serve(
                     "admin",
                     admin_l,
-                    AdminHandler(shared.clone()),
-                    settings,
+                    admin,
+                    views.http.clone(),
                     signal,
                 )),
             ],
-            reload: opts.config_path.map(|path| {
-                tokio::spawn(crate::reload::watch(
-                    path,
-                    opts.reload_interval,
-                    shared.clone(),
-                ))
-            }),
-            shared,
+            metrics,
+            views,
+            configs: Some(configs),
+            applier: Some(applier),
+            watcher,
+            telemetry,
             shutdown,
         };
         info!(
@@ -235,25 +167,29 @@ impl Proxy {
 
 impl ProxyHandle {
     pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
+        &self.metrics
     }
 
     /// The config in effect.
     pub fn config(&self) -> Arc<ProxyConfig> {
-        self.shared.config.load_full()
+        self.views.config.borrow().clone()
     }
 
-    /// Applies a new config, as a changed config file would.
-    pub fn reload(&self, config: ProxyConfig) {
-        self.shared.apply(config);
+    /// Applies a new config, as a changed config file would; returns once it
+    /// is in effect (or a newer one replaced it before it was).
+    pub async fn reload(&self, config: ProxyConfig) {
+        let Some(configs) = &self.configs else { return };
+        let sent = Arc::new(config);
+        configs.send_replace(sent.clone());
+        let mut applied = self.views.config.clone();
+        let _ = applied
+            .wait_for(|c| Arc::ptr_eq(c, &sent) || !Arc::ptr_eq(&configs.borrow(), &sent))
+            .await;
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
+    /// Ready once every upstream's discovery has answered at least once.
     pub fn is_ready(&self) -> bool {
-        self.shared.is_ready()
+        self.views.routes.load().is_resolved()
     }
 
     /// Stops accepting at once, lets in-flight requests finish within the
@@ -261,28 +197,31 @@ impl ProxyHandle {
     pub async fn shutdown(mut self) {
         info!("shutting down");
         let _ = self.shutdown.send(true);
-        if let Some(r) = self.reload.take() {
-            r.abort();
-        }
         for l in std::mem::take(&mut self.listeners) {
             let _ = l.await;
         }
-        // Stops discovery tasks and closes pooled connections.
-        self.shared
-            .outbound
-            .table
-            .store(Arc::new(RouteTable::default()));
-        self.shared.telemetry.flush(TRACE_FLUSH).await;
+        // The last sender gone, the applier retires the routes: discovery
+        // stops and pooled connections close.
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+            let _ = w.await;
+        }
+        self.configs = None;
+        if let Some(a) = self.applier.take() {
+            let _ = a.await;
+        }
+        self.telemetry.flush(TRACE_FLUSH).await;
         info!("shut down");
     }
 }
 
 impl Drop for ProxyHandle {
     fn drop(&mut self) {
-        // A handle dropped without `shutdown` still stops its listeners.
+        // A handle dropped without `shutdown` still stops its listeners and
+        // the file watcher; the applier stops with its last sender.
         let _ = self.shutdown.send(true);
-        if let Some(r) = &self.reload {
-            r.abort();
+        if let Some(w) = &self.watcher {
+            w.abort();
         }
     }
 }

@@ -1,22 +1,29 @@
-//! Config hot reload: the file is read every interval and applied when its
-//! bytes change. Polling the contents (not inotify, not mtime) is what works
-//! for a mounted ConfigMap, whose update is an atomic symlink swap, and costs
-//! one small read a second.
+//! Config hot reload from the file: it is read every interval and, when its
+//! bytes change and they parse, sent to the applier ([`crate::apply`]).
+//! Polling the contents (not inotify, not mtime) is what works for a mounted
+//! ConfigMap, whose update is an atomic symlink swap, and costs one small
+//! read a second.
 //!
 //! A file that does not parse or validate is logged with the failing field's
-//! path, counted in `trellis_config_reload_errors_total`, and ignored: the
-//! last good config stays in effect.
+//! path, counted in `trellis_config_reload_errors_total`, and never sent:
+//! the last good config stays in effect.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntCounter;
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::proxy::Shared;
 use trellis_api::proxy::ProxyConfig;
 
-pub async fn watch(path: PathBuf, interval: Duration, shared: Arc<Shared>) {
+pub async fn watch(
+    path: PathBuf,
+    interval: Duration,
+    configs: watch::Sender<Arc<ProxyConfig>>,
+    errors: IntCounter,
+) {
     // The config in effect came from this file; its current bytes are the baseline.
     let mut last = tokio::fs::read(&path).await.ok();
     let mut missing = false;
@@ -50,11 +57,14 @@ pub async fn watch(path: PathBuf, interval: Duration, shared: Arc<Shared>) {
             .and_then(|text| ProxyConfig::from_yaml(&text));
         match parsed {
             Ok(config) => {
-                shared.apply(config);
-                info!(path = %path.display(), "config reloaded");
+                info!(path = %path.display(), "config file changed");
+                if configs.send(Arc::new(config)).is_err() {
+                    // The applier is gone: the proxy is shutting down.
+                    return;
+                }
             }
             Err(e) => {
-                shared.metrics.config_reload_errors_total.inc();
+                errors.inc();
                 error!(
                     path = %path.display(),
                     field = %e.path,

@@ -500,6 +500,52 @@ spec:
     assert_eq!(states, want);
 }
 
+/// Outlier detection reads a gRPC status where gRPC puts it, in the
+/// trailers: an endpoint that answers every call with UNAVAILABLE (HTTP 200,
+/// status after the message) is ejected like one answering 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_endpoint_failing_in_its_trailers_is_ejected() {
+    const N: usize = 300;
+    let good1 = FaultServer::start(Mode::GrpcTrailer(0)).await;
+    let good2 = FaultServer::start(Mode::GrpcTrailer(0)).await;
+    let bad = FaultServer::start(Mode::GrpcTrailer(14)).await;
+    let mesh = Mesh::start(
+        &[("pricing", &[good1.addr, good2.addr, bad.addr])],
+        r#"
+apiVersion: mesh.trellis.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: pricing, namespace: shop}
+spec:
+  targetRef: {kind: MeshService, name: pricing}
+  outlierDetection: {consecutiveFailures: 3, baseEjection: 30s, maxEjectionPercent: 50}
+"#,
+    )
+    .await;
+    let answers = load(&mesh.outbound_h2, 4, N, Duration::from_secs(30), |_| {
+        grpc("pricing", "/pricing.Pricing/Quote")
+    })
+    .await;
+    assert_eq!(answers.len(), N);
+    let unavailable = answers
+        .iter()
+        .filter(|a| a.grpc_status() == Some(14))
+        .count();
+    // Three in a row eject it; calls already in flight to it may still fail.
+    assert!(bad.hits() <= 10, "bad endpoint got {} calls", bad.hits());
+    assert_eq!(unavailable as u64, bad.hits());
+    let eps = mesh.admin_json("/endpoints").await;
+    let state_of = |addr: std::net::SocketAddr| {
+        eps["upstreams"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["address"] == addr.to_string())
+            .map(|e| e["state"].as_str().unwrap().to_string())
+    };
+    assert_eq!(state_of(bad.addr).as_deref(), Some("ejected"));
+    assert_eq!(state_of(good1.addr).as_deref(), Some("ready"));
+}
+
 /// One upstream, two routes, two behaviours: `/items` (the service-level
 /// policy) retries and shares the upstream's lenient breaker; `/checkout`
 /// overrides only `retry.attempts` and `circuitBreaker.consecutiveFailures`,
@@ -609,12 +655,18 @@ spec:
     let a = mesh.call(req).await;
     assert!(timed_out(&a), "grpc-timeout lengthened 100ms: {a:?}");
 
-    // A gRPC caller over HTTP/2, the header's usual home.
+    // A gRPC caller over HTTP/2, the header's usual home, gets a gRPC answer:
+    // DEADLINE_EXCEEDED, trailers-only.
     let mut req = grpc("search", "/search.Search/Find");
     req.headers_mut()
         .insert("grpc-timeout", "100m".parse().unwrap());
     let a = call(&mesh.outbound_h2, req).await;
-    assert!(timed_out(&a), "{a:?}");
+    assert_eq!(
+        (a.status.as_u16(), a.grpc_status(), a.error()),
+        (200, Some(4), Some("timeout")),
+        "{a:?}"
+    );
+    assert!(a.body.is_empty() && a.trailers.is_none(), "{a:?}");
 
     let m = mesh.metrics().await;
     assert_eq!(

@@ -124,11 +124,6 @@ pub enum Method {
 }
 
 impl Method {
-    /// RFC 9110 §9.2.2: a repeat has the same effect as one call.
-    pub fn is_idempotent(self) -> bool {
-        !matches!(self, Method::Post | Method::Patch)
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Get => "GET",

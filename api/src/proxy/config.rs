@@ -14,7 +14,7 @@ use crate::parse::{ParseError, from_yaml};
 pub const PROXY_API_VERSION: &str = "proxy.trellis.dev/v1";
 pub const PROXY_KIND: &str = "ProxyConfig";
 
-/// Ports of the sidecar (ARCHITECTURE.md §4).
+/// Ports of the sidecar (docs/architecture.md, "The sidecar").
 pub const INBOUND_PORT: u16 = 4143;
 pub const OUTBOUND_PORT: u16 = 4140;
 pub const ADMIN_PORT: u16 = 4191;
@@ -259,6 +259,15 @@ pub struct HttpSettings {
     pub max_header_bytes: u32,
     /// On SIGTERM, in-flight requests get this long to finish.
     pub shutdown_grace: Duration,
+    /// A request or response body that sends nothing for this long is cut
+    /// (a stalled upstream or caller). Long-lived streams that may be
+    /// quiet for longer (gRPC server streaming) need a larger value.
+    #[serde(default = "default_body_idle_timeout")]
+    pub body_idle_timeout: Duration,
+}
+
+fn default_body_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl Default for HttpSettings {
@@ -268,6 +277,7 @@ impl Default for HttpSettings {
             max_headers: 100,
             max_header_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            body_idle_timeout: default_body_idle_timeout(),
         }
     }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::bounded::{Attempts, Percent, Positive, Ratio};
 use crate::crd::{Jitter, RetryOn};
 use crate::duration::Duration;
+use crate::resolve::defaults;
 
 /// Everything the outbound stack applies to calls to one upstream or route.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -37,12 +38,13 @@ pub struct Timeouts {
     pub idle: Duration,
 }
 
+/// What a policy without a `timeout` block gets.
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             request: None,
-            connect: Duration::from_secs(1),
-            idle: Duration::from_secs(60),
+            connect: defaults::CONNECT_TIMEOUT,
+            idle: defaults::IDLE_TIMEOUT,
         }
     }
 }

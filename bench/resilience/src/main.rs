@@ -20,7 +20,13 @@
 //!
 //! ```text
 //! cargo run -p trellis-bench-resilience -- [seconds per row, default 3] [workers, default 8]
+//! cargo run -p trellis-bench-resilience -- storm [seconds, default 30] [requests/s, default 50]
 //! ```
+//!
+//! `storm` is the retry budget's black-box check: one upstream failing every
+//! request, an open-loop load at a fixed rate, budget 0.2 + 10/s over 10 s;
+//! it prints the amplification beside its bound, `1 + ratio + minPerSecond ×
+//! window × windows / requests` (the run spans `windows` windows).
 
 #[path = "../../../sidecar/tests/resilience_support/fault.rs"]
 mod fault;
@@ -190,9 +196,62 @@ async fn run(fault: Fault, all: bool, spec: &str, secs: u64, workers: usize) -> 
     }
 }
 
+const STORM: &str = r#"
+  retry:
+    attempts: 3
+    backoff: {base: 1ms, max: 5ms, jitter: full}
+    retryOn: ["503"]
+    budget: {ratio: 0.2, minPerSecond: 10, window: 10s}
+"#;
+
+/// One upstream answering 503 to everything, `rate` requests a second for
+/// `secs` seconds, sent on schedule whatever the answers take.
+async fn storm(secs: u64, rate: u64) {
+    let (ratio, min_per_second, window) = (0.2, 10.0, 10.0);
+    let server = FaultServer::start(Mode::Status(503)).await;
+    let mesh = Mesh::start(&[(UPSTREAM, &[server.addr])], &policy(STORM)).await;
+    let total = secs * rate;
+    let mut calls = JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let start = Instant::now();
+    for _ in 0..total {
+        tick.tick().await;
+        let client = mesh.outbound.clone();
+        calls.spawn(async move { call(&client, get(UPSTREAM, "/bench")).await.status });
+    }
+    let sent = start.elapsed();
+    let mut failed = 0;
+    while let Some(status) = calls.join_next().await {
+        failed += usize::from(status.unwrap() == 503);
+    }
+    let retries = mesh
+        .metrics()
+        .await
+        .find("trellis_retries_total", &[("peer", UPSTREAM)])
+        .unwrap_or(0.0);
+    drop(mesh);
+    let requests = total as f64;
+    let hits = server.hits() as f64;
+    let windows = (sent.as_secs_f64() / window).ceil();
+    let bound = 1.0 + ratio + min_per_second * window * windows / requests;
+    println!(
+        "retry storm through trellis-proxy: {total} requests over {sent:.1?} ({rate}/s), \
+         all {failed} answered 503\n\
+         upstream hits {hits}, retries {retries}, amplification {:.3}, bound {bound:.3} \
+         (0.2 + 10/s over 10 s, {windows} windows)",
+        hits / requests
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("storm") {
+        args.next();
+        let secs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(30);
+        let rate: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(50);
+        return storm(secs, rate).await;
+    }
     let secs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
     let workers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
     println!(

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use trellis_api::crd::{MeshService, MeshServiceStatus, ResiliencePolicy};
 use trellis_api::render::{RenderError, Rendered, render};
-use trellis_api::resolve::{Conflict, describe_match, resolve};
+use trellis_api::resolve::{Conflict, resolve};
 
 use super::{Context, RESYNC, key, retry_after};
 use crate::apply::{Outcome, ensure, kind_of};
@@ -420,7 +420,7 @@ pub fn compute_status(
             .map(|c| {
                 let slot = match &c.route {
                     None => "service-level policy".to_string(),
-                    Some(m) => format!("route {}", describe_match(m)),
+                    Some(m) => format!("route {}", m.describe()),
                 };
                 format!(
                     "ResiliencePolicy {} is ignored for the {slot} of {} because the older {} sets it",

@@ -20,11 +20,8 @@ use kube::{Api, Client};
 use trellis_api::crd::{MeshService, ResiliencePolicy};
 use trellis_api::render::Settings;
 
-use crate::apply::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::metrics::Metrics;
-
-/// The name the operator writes with (server-side apply field manager) and reports events as.
-pub const FIELD_MANAGER: &str = "trellis-operator";
+use trellis_api::names::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// Longest wait between retries of a failing object.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);

@@ -4,8 +4,6 @@
 //! Neither ever blocks a request because of its own trouble: a review it
 //! cannot read, or an API error, is allowed with a message (and counted).
 
-pub mod validate;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -289,7 +287,7 @@ pub fn review_validate(body: &[u8]) -> (Value, Outcome) {
             );
         }
     };
-    let findings = validate::validate_policy(&policy.spec);
+    let findings = trellis_api::validate::validate_policy(&policy.spec);
     if !findings.warnings.is_empty() {
         response.warnings = Some(findings.warnings);
     }

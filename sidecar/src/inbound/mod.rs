@@ -1,77 +1,51 @@
-//! The inbound side: requests from other sidecars to the app behind this one.
+//! The inbound side: requests from other sidecars (and the kubelet's probes)
+//! to the app behind this one. Every request takes the one inbound stack.
 
 pub mod stack;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
-use arc_swap::ArcSwap;
-use futures::future::BoxFuture;
-use http::{Request, Response};
+use http::Request;
 
 use crate::body::Body;
-use crate::hygiene::{self, Hop};
+use crate::edge::{Route, Router};
+use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::server::Handler;
+use crate::observe::PeerMetrics;
+use crate::published::View;
 use crate::trace::Remote;
-use crate::{Direction, HttpService, observe};
-use trellis_api::proxy::HttpSettings;
+use crate::{Direction, HttpService};
 
-/// The inbound listener's state; the stack is replaced on reload.
-pub struct Inbound {
-    pub stack: ArcSwap<HttpService>,
-    hop: Hop,
-    settings: Arc<ArcSwap<HttpSettings>>,
-    metrics: Metrics,
+/// The `peer` label of inbound metrics.
+pub const PEER: &str = "inbound";
+
+/// Hands every request to the inbound stack in effect.
+pub struct InboundRouter {
+    stack: View<HttpService>,
+    metrics: Arc<PeerMetrics>,
 }
 
-impl Inbound {
-    pub fn new(
-        instance: &str,
-        stack: HttpService,
-        settings: Arc<ArcSwap<HttpSettings>>,
-        metrics: Metrics,
-    ) -> Self {
-        Inbound {
-            stack: ArcSwap::from_pointee(stack),
-            hop: Hop::new(instance, Direction::Inbound),
-            settings,
-            metrics,
+impl InboundRouter {
+    pub fn new(stack: View<HttpService>, metrics: &Metrics) -> Self {
+        InboundRouter {
+            stack,
+            metrics: Arc::new(PeerMetrics::new(metrics, Direction::Inbound, PEER)),
         }
     }
 }
 
-#[derive(Clone)]
-pub struct InboundHandler(pub Arc<Inbound>);
-
-impl Handler for InboundHandler {
-    fn handle(
-        &self,
-        mut req: Request<Body>,
-        remote: SocketAddr,
-    ) -> BoxFuture<'static, Response<Body>> {
-        let start = Instant::now();
-        let max_headers = self.0.settings.load().max_headers as usize;
-        let checked = match self.0.hop.on_request(&mut req, remote, max_headers) {
-            Ok(()) => Ok((**self.0.stack.load()).clone()),
-            Err(e) => {
-                let rsp = e.into_response();
-                observe::record(
-                    &self.0.metrics,
-                    Direction::Inbound,
-                    stack::PEER,
-                    &rsp,
-                    start,
-                );
-                Err(rsp)
-            }
-        };
+impl Router for InboundRouter {
+    fn route(&self, req: &mut Request<Body>, remote: SocketAddr) -> Result<Route, ProxyError> {
+        // The server span names the caller.
         req.extensions_mut().insert(Remote(remote));
-        let stack = match checked {
-            Ok(s) => s,
-            Err(rsp) => return Box::pin(std::future::ready(rsp)),
-        };
-        hygiene::respond_through(stack, req)
+        Ok(Route {
+            stack: (**self.stack.load()).clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    fn unrouted(&self) -> &PeerMetrics {
+        &self.metrics
     }
 }

@@ -1,14 +1,15 @@
 //! The inbound stack, composed in this one place: requests from other
-//! sidecars (and the kubelet's probes) to the app.
+//! sidecars (and the kubelet's probes) to the app. The inbound edge above it
+//! checks the request head and turns whatever error it ends with into the
+//! answer.
 //!
 //! ```text
-//! Observe            metrics, peer="inbound"
 //! ServerSpan         server span; its context is what the app sees as parent
-//! ErrorResponses     errors below become responses with x-trellis-error
 //! ── resilience (sidecar/src/resilience/) ──
 //! rate limit · concurrency limit
 //! ──
-//! ForwardToApp       pooled connection to app.address (HTTP/2 for gRPC apps)
+//! ForwardToApp       pooled connection to app.address (HTTP/2 for gRPC apps);
+//!                    a CONNECT opens a tunnel to it instead
 //! ```
 
 use std::future::Future;
@@ -17,30 +18,26 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
+use tower::Layer;
+use tower::Service;
 use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceBuilder};
 
-use crate::body::{Body, BoxError};
+use crate::HttpService;
+use crate::body::Body;
 use crate::client::{HttpClient, Wire};
-use crate::metrics::Metrics;
-use crate::observe::ObserveLayer;
+use crate::error::ProxyError;
 use crate::resilience::{self, InboundResilience};
-use crate::respond::ErrorResponsesLayer;
 use crate::trace::{ServerSpanLayer, Telemetry};
-use crate::{Direction, HttpService};
+use crate::upgrade::Tunnel;
 use trellis_api::crd::Protocol;
 use trellis_api::proxy::App;
-
-/// The `peer` label of inbound metrics.
-pub const PEER: &str = "inbound";
 
 pub struct InboundTarget<'a> {
     pub app: &'a App,
     /// Rate and concurrency limits, kept across reloads while unchanged.
     pub limits: &'a InboundResilience,
     pub client: &'a HttpClient,
-    pub metrics: &'a Metrics,
     pub telemetry: &'a Arc<Telemetry>,
 }
 
@@ -53,17 +50,9 @@ pub fn build(t: InboundTarget<'_>) -> HttpService {
             Protocol::Http => Wire::AsReceived,
         },
     };
-    let svc = ServiceBuilder::new()
-        .layer(ObserveLayer::new(
-            t.metrics.clone(),
-            Direction::Inbound,
-            PEER,
-        ))
-        .layer(ServerSpanLayer::new(t.telemetry.clone()))
-        .layer(ErrorResponsesLayer)
-        // rate limit (429 + Retry-After) · concurrency limit (503)
-        .service(resilience::inbound(t.limits, forward));
-    BoxCloneSyncService::new(svc)
+    // rate limit (429 + Retry-After) · concurrency limit (503)
+    let limited = resilience::inbound(t.limits, forward);
+    BoxCloneSyncService::new(ServerSpanLayer::new(t.telemetry.clone()).layer(limited))
 }
 
 /// Sends the request to the app over a pooled connection.
@@ -76,16 +65,21 @@ pub struct ForwardToApp {
 
 impl Service<Request<Body>> for ForwardToApp {
     type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let addr = self.addr;
+        if req.method() == Method::CONNECT {
+            // The app is the tunnel's end, not a proxy: it never sees CONNECT.
+            return Box::pin(Tunnel::open(addr));
+        }
         let client = self.client.clone();
-        let (addr, wire) = (self.addr, self.wire);
+        let wire = self.wire;
         Box::pin(async move { client.send(req, addr, wire).await })
     }
 }

@@ -1,8 +1,9 @@
 //! One attempt of a request: pick an endpoint (avoiding those earlier
 //! attempts of the same request used), open a client span, send it over the
 //! pooled connection, and tell the balancer and the outcome observer how it
-//! went. This is the innermost service of the outbound stack; the retry
-//! layer calls it once per try.
+//! went — for a gRPC response whose status comes in the trailers, once they
+//! came, as the breaker judges it. This is the innermost service of the
+//! outbound stack; the retry layer calls it once per try.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,9 +15,10 @@ use http::{Request, Response};
 use tower::Service;
 
 use crate::balance::{Endpoint, EndpointSet, Outcome, TriedEndpoints};
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 use crate::client::{HttpClient, Wire};
 use crate::error::ProxyError;
+use crate::resilience::classify::{self, End, Observe};
 use crate::trace::Telemetry;
 
 #[derive(Clone)]
@@ -43,8 +45,9 @@ impl Attempt {
     }
 }
 
-/// Reports the attempt's outcome exactly once, `Cancelled` if it is dropped
-/// unfinished (a timeout above it fired).
+/// Reports the attempt's outcome exactly once: `Cancelled` if it is dropped
+/// before its response head (a timeout above it fired), nothing if a gRPC
+/// body it waits on is dropped by the caller (that says nothing of the endpoint).
 struct Report {
     set: Arc<EndpointSet>,
     endpoint: Arc<Endpoint>,
@@ -57,6 +60,10 @@ impl Report {
         self.done = true;
         let latency = self.start.elapsed();
         self.set.record(&self.endpoint, outcome(latency));
+    }
+
+    fn abandon(mut self) {
+        self.done = true;
     }
 }
 
@@ -73,10 +80,10 @@ impl Drop for Report {
 
 impl Service<Request<Body>> for Attempt {
     type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
     }
 
@@ -84,7 +91,7 @@ impl Service<Request<Body>> for Attempt {
         let tried = req.extensions().get::<TriedEndpoints>().cloned();
         let avoid = tried.as_ref().map(TriedEndpoints::list).unwrap_or_default();
         let Some(endpoint) = self.endpoints.pick(&avoid) else {
-            return Box::pin(async { Err(ProxyError::NoEndpoints.into()) });
+            return Box::pin(async { Err(ProxyError::NoEndpoints) });
         };
         if let Some(t) = &tried {
             t.push(endpoint.addr());
@@ -105,14 +112,29 @@ impl Service<Request<Body>> for Attempt {
             drop(in_flight);
             match result {
                 Ok(rsp) => {
-                    endpoint.observe(report.start.elapsed());
+                    let head_latency = report.start.elapsed();
+                    endpoint.observe(head_latency);
                     span.response(rsp.status());
                     let status = rsp.status();
-                    let grpc_status = rsp
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok());
+                    let grpc_status = classify::grpc_status(rsp.headers());
+                    if grpc_status.is_none() && classify::is_grpc(rsp.headers()) {
+                        // The status is in the trailers: report when they come.
+                        return Ok(rsp.map(|body| {
+                            Observe::wrap(body, move |end| {
+                                let grpc_status = match end {
+                                    End::Trailers(t) => classify::grpc_status(t),
+                                    End::Dropped => return report.abandon(),
+                                    // No status at all: gRPC clients read that as UNKNOWN.
+                                    End::Eos | End::Error => Some(2),
+                                };
+                                report.finish(|_| Outcome::Response {
+                                    status,
+                                    grpc_status,
+                                    latency: head_latency,
+                                })
+                            })
+                        }));
+                    }
                     report.finish(|latency| Outcome::Response {
                         status,
                         grpc_status,
@@ -120,12 +142,11 @@ impl Service<Request<Body>> for Attempt {
                     });
                     Ok(rsp)
                 }
-                Err(e) => {
+                Err(error) => {
                     endpoint.observe_failure();
-                    let error = ProxyError::from_error(e.as_ref());
                     span.error(error.reason());
                     report.finish(|latency| Outcome::Failed { error, latency });
-                    Err(e)
+                    Err(error)
                 }
             }
         })

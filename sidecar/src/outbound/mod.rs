@@ -3,32 +3,32 @@
 //! `Host`; port and case ignored) and handed to that upstream's stack.
 
 pub mod attempt;
+mod gauges;
 pub mod route;
 pub mod stack;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
-use arc_swap::ArcSwap;
-use futures::future::BoxFuture;
-use http::{Request, Response};
+use http::Request;
 
 use crate::balance::EndpointSet;
 use crate::body::Body;
 use crate::client::{ClientSettings, HttpClient};
 use crate::discovery::{self, DiscoveryTask, KubeClient};
+use crate::edge::{Route, Router};
 use crate::error::ProxyError;
-use crate::hygiene::{self, Hop};
 use crate::metrics::Metrics;
+use crate::observe::PeerMetrics;
+use crate::published::View;
 use crate::resilience::UpstreamResilience;
-use crate::server::Handler;
 use crate::trace::Telemetry;
-use crate::{Direction, HttpService, observe};
+use crate::{Direction, HttpService};
 use trellis_api::proxy::{HttpSettings, Upstream};
 
-pub use route::{RoutePolicy, select_route};
+pub use gauges::EndpointGauges;
+pub use route::select_route;
 
 /// The `peer` label of requests no upstream took (unknown authority, loops…).
 pub const UNROUTED_PEER: &str = "unknown";
@@ -41,6 +41,8 @@ pub struct UpstreamState {
     client_settings: ClientSettings,
     /// Breakers, budgets, bulkheads and outlier state; carried across reloads.
     resilience: Arc<UpstreamResilience>,
+    /// Request metrics of this peer, kept across reloads (their children are cached).
+    metrics: Arc<PeerMetrics>,
     stack: HttpService,
     _discovery: Arc<DiscoveryTask>,
 }
@@ -50,6 +52,7 @@ pub struct BuildContext<'a> {
     pub metrics: &'a Metrics,
     pub telemetry: &'a Arc<Telemetry>,
     pub kube: &'a KubeClient,
+    pub http: &'a HttpSettings,
 }
 
 /// Upstreams by name and by authority; replaced whole on reload.
@@ -81,6 +84,7 @@ impl RouteTable {
             let settings = ClientSettings {
                 connect_timeout: up.policy.timeout.connect.as_std(),
                 idle_timeout: up.policy.timeout.idle.as_std(),
+                body_idle_timeout: cx.http.body_idle_timeout.as_std(),
             };
             let client = match old {
                 Some(o) if o.client_settings == settings => o.client.clone(),
@@ -90,13 +94,16 @@ impl RouteTable {
                 Some(o) => o.resilience.reload(up),
                 None => UpstreamResilience::new(up, cx.metrics),
             });
+            let metrics = match old {
+                Some(o) => o.metrics.clone(),
+                None => Arc::new(PeerMetrics::new(cx.metrics, Direction::Outbound, &up.name)),
+            };
             let config = Arc::new(up.clone());
             let stack = stack::build(stack::UpstreamTarget {
                 upstream: &config,
                 endpoints: &endpoints,
                 resilience: &resilience,
                 client: &client,
-                metrics: cx.metrics,
                 telemetry: cx.telemetry,
             });
             let state = Arc::new(UpstreamState {
@@ -105,6 +112,7 @@ impl RouteTable {
                 client,
                 client_settings: settings,
                 resilience,
+                metrics,
                 stack,
                 _discovery: disc,
             });
@@ -128,6 +136,11 @@ impl RouteTable {
 
     pub fn upstreams(&self) -> impl Iterator<Item = &Arc<UpstreamState>> {
         self.upstreams.values()
+    }
+
+    /// Ready once every upstream's discovery has answered at least once.
+    pub fn is_resolved(&self) -> bool {
+        self.upstreams().all(|u| u.endpoints.is_resolved())
     }
 }
 
@@ -175,67 +188,34 @@ fn target_authority<B>(req: &Request<B>) -> Option<&str> {
         .and_then(|h| h.to_str().ok())
 }
 
-/// The outbound listener's state.
-pub struct Outbound {
-    pub table: ArcSwap<RouteTable>,
-    hop: Hop,
-    settings: Arc<ArcSwap<HttpSettings>>,
-    metrics: Metrics,
+/// Routes the outbound listener's requests by authority.
+pub struct OutboundRouter {
+    table: View<RouteTable>,
+    unrouted: PeerMetrics,
 }
 
-impl Outbound {
-    pub fn new(instance: &str, settings: Arc<ArcSwap<HttpSettings>>, metrics: Metrics) -> Self {
-        Outbound {
-            table: ArcSwap::from_pointee(RouteTable::default()),
-            hop: Hop::new(instance, Direction::Outbound),
-            settings,
-            metrics,
+impl OutboundRouter {
+    pub fn new(table: View<RouteTable>, metrics: &Metrics) -> Self {
+        OutboundRouter {
+            table,
+            unrouted: PeerMetrics::new(metrics, Direction::Outbound, UNROUTED_PEER),
         }
     }
 }
 
-#[derive(Clone)]
-pub struct OutboundHandler(pub Arc<Outbound>);
-
-impl OutboundHandler {
-    fn reject(&self, e: ProxyError, start: Instant) -> Response<Body> {
-        let rsp = e.into_response();
-        observe::record(
-            &self.0.metrics,
-            Direction::Outbound,
-            UNROUTED_PEER,
-            &rsp,
-            start,
-        );
-        rsp
+impl Router for OutboundRouter {
+    fn route(&self, req: &mut Request<Body>, _remote: SocketAddr) -> Result<Route, ProxyError> {
+        let authority = target_authority(req).ok_or(ProxyError::UnknownUpstream)?;
+        let table = self.table.load();
+        let upstream = table.lookup(authority).ok_or(ProxyError::UnknownUpstream)?;
+        Ok(Route {
+            stack: upstream.stack.clone(),
+            metrics: upstream.metrics.clone(),
+        })
     }
-}
 
-impl Handler for OutboundHandler {
-    fn handle(
-        &self,
-        mut req: Request<Body>,
-        remote: SocketAddr,
-    ) -> BoxFuture<'static, Response<Body>> {
-        let start = Instant::now();
-        let max_headers = self.0.settings.load().max_headers as usize;
-        let routed = self
-            .0
-            .hop
-            .on_request(&mut req, remote, max_headers)
-            .and_then(|()| {
-                let authority = target_authority(&req).ok_or(ProxyError::UnknownUpstream)?;
-                let table = self.0.table.load();
-                table
-                    .lookup(authority)
-                    .map(|u| u.stack.clone())
-                    .ok_or(ProxyError::UnknownUpstream)
-            });
-        let stack = match routed {
-            Ok(s) => s,
-            Err(e) => return Box::pin(std::future::ready(self.reject(e, start))),
-        };
-        hygiene::respond_through(stack, req)
+    fn unrouted(&self) -> &PeerMetrics {
+        &self.unrouted
     }
 }
 

@@ -50,7 +50,8 @@ impl BulkheadState {
     }
 
     /// Free slots now.
-    pub fn available(&self) -> usize {
+    #[cfg(test)]
+    fn available(&self) -> usize {
         self.slots.available_permits()
     }
 
@@ -237,6 +238,6 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, ProxyError::BulkheadFull);
         assert_eq!(start.elapsed(), Duration::from_millis(100));
-        assert_eq!(err.into_response().status(), 503);
+        assert_eq!(err.status(), 503);
     }
 }

@@ -8,7 +8,6 @@
 //! own (bulkhead full, circuit open, rate limited…) say nothing about the
 //! upstream and are neutral.
 
-use std::error::Error as StdError;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -58,17 +57,18 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
-/// Classifies an error the proxy generated.
+/// Classifies a call that ended in an error.
 pub(crate) fn error(e: ProxyError) -> Class {
     match e {
         ProxyError::Timeout
         | ProxyError::ConnectFailure
         | ProxyError::UpstreamReset
+        | ProxyError::RefusedStream
         | ProxyError::NoEndpoints
         | ProxyError::BudgetExhausted => Class::Failure,
         ProxyError::CircuitOpen
         | ProxyError::BulkheadFull
-        | ProxyError::RateLimited
+        | ProxyError::RateLimited { .. }
         | ProxyError::Overloaded
         | ProxyError::UnknownUpstream
         | ProxyError::Loop
@@ -77,24 +77,10 @@ pub(crate) fn error(e: ProxyError) -> Class {
     }
 }
 
-/// Classifies a response head; `None` when only the trailers can tell (gRPC
-/// without `grpc-status` in its headers).
+/// Classifies an upstream's response head; `None` when only the trailers
+/// can tell (gRPC without `grpc-status` in its headers). Refusals of this
+/// proxy never get here: they are errors until the edge.
 pub(crate) fn head<B>(rsp: &Response<B>) -> Option<Class> {
-    if let Some(reason) = ProxyError::of_response(rsp) {
-        let local_rejection = matches!(
-            reason,
-            "circuit-open"
-                | "bulkhead-full"
-                | "rate-limited"
-                | "overloaded"
-                | "unknown-upstream"
-                | "loop"
-                | "bad-request"
-        );
-        if local_rejection {
-            return Some(Class::Neutral);
-        }
-    }
     if rsp.status().is_server_error() {
         return Some(Class::Failure);
     }
@@ -119,84 +105,18 @@ pub(crate) fn end(end: End<'_>) -> Class {
     }
 }
 
-/// Why an attempt failed, as far as `retryOn` is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Cause {
-    Connect,
-    Reset,
-    RefusedStream,
-    /// The per-try timeout (or the inner's own); retried like a 504, as Envoy does.
-    Timeout,
-    Other,
-}
-
-/// An attempt's error, classified.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Failed {
-    pub(crate) error: ProxyError,
-    pub(crate) cause: Cause,
-}
-
-impl Failed {
-    /// Whether `on` asks for this failure to be retried. Besides its own
-    /// condition, a failure matches the status its error response would have
-    /// (a connect failure is a 502, a timeout a 504).
-    pub(crate) fn matches(&self, on: RetryOn) -> bool {
-        let own = match self.cause {
-            Cause::Connect => on == RetryOn::ConnectFailure,
-            Cause::Reset => on == RetryOn::Reset,
-            // Refused streams were never processed: a reset, only safer.
-            Cause::RefusedStream => matches!(on, RetryOn::RefusedStream | RetryOn::Reset),
-            Cause::Timeout | Cause::Other => false,
-        };
-        own || on.matches_status(self.error.status().as_u16())
-    }
-}
-
-/// Classifies an attempt's error by walking its source chain: a
-/// [`ProxyError`] the inner returned, an h2 reset (REFUSED_STREAM or other),
-/// a connect error, or an I/O error kind.
-pub(crate) fn attempt_error(e: &(dyn StdError + 'static)) -> Failed {
-    let failed = |error, cause| Failed { error, cause };
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(p) = err.downcast_ref::<ProxyError>() {
-            let cause = match p {
-                ProxyError::ConnectFailure => Cause::Connect,
-                ProxyError::UpstreamReset => Cause::Reset,
-                ProxyError::Timeout => Cause::Timeout,
-                _ => Cause::Other,
-            };
-            return failed(*p, cause);
-        }
-        if let Some(h2e) = err.downcast_ref::<h2::Error>() {
-            if h2e.reason() == Some(h2::Reason::REFUSED_STREAM) {
-                return failed(ProxyError::UpstreamReset, Cause::RefusedStream);
-            }
-            if h2e.is_reset() || h2e.is_go_away() || h2e.is_io() {
-                return failed(ProxyError::UpstreamReset, Cause::Reset);
-            }
-        }
-        if let Some(le) = err.downcast_ref::<hyper_util::client::legacy::Error>()
-            && le.is_connect()
-        {
-            return failed(ProxyError::ConnectFailure, Cause::Connect);
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            match io.kind() {
-                ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable => {
-                    return failed(ProxyError::ConnectFailure, Cause::Connect);
-                }
-                TimedOut => return failed(ProxyError::Timeout, Cause::Timeout),
-                _ => {}
-            }
-        }
-        cur = err.source();
-    }
-    // Connection closed, broken pipe, incomplete message…: the request may
-    // have reached the app, which is exactly what `reset` means.
-    failed(ProxyError::UpstreamReset, Cause::Reset)
+/// Whether `on` asks for an attempt that failed with `e` to be retried.
+/// Besides its own condition, a failure matches the status its answer
+/// would have (a connect failure is a 502, a timeout a 504).
+pub(crate) fn retryable(e: ProxyError, on: RetryOn) -> bool {
+    let own = match e {
+        ProxyError::ConnectFailure => on == RetryOn::ConnectFailure,
+        ProxyError::UpstreamReset => on == RetryOn::Reset,
+        // Refused streams were never processed: a reset, only safer.
+        ProxyError::RefusedStream => matches!(on, RetryOn::RefusedStream | RetryOn::Reset),
+        _ => false,
+    };
+    own || on.matches_status(e.status().as_u16())
 }
 
 /// How an observed body ended.
@@ -290,7 +210,6 @@ impl<F: FnOnce(End<'_>)> Drop for Observe<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ERROR_HEADER;
     use http_body_util::BodyExt;
     use std::sync::{Arc, Mutex};
 
@@ -325,46 +244,34 @@ mod tests {
                 Some(Class::Failure)
             );
         }
-        // The proxy's own rejections are neutral, its upstream errors are not.
-        let own = |r| rsp(503, &[(ERROR_HEADER, r)]);
-        assert_eq!(head(&own("bulkhead-full")), Some(Class::Neutral));
-        assert_eq!(head(&own("circuit-open")), Some(Class::Neutral));
-        assert_eq!(head(&own("connect-failure")), Some(Class::Failure));
-        assert_eq!(head(&own("no-endpoints")), Some(Class::Failure));
+        // A peer sidecar's refusal is a 5xx like any other: the upstream cannot take the call.
+        assert_eq!(
+            head(&rsp(503, &[("x-trellis-error", "overloaded")])),
+            Some(Class::Failure)
+        );
     }
 
     #[test]
-    fn attempt_errors() {
-        let of = |e: BoxError| attempt_error(&*e);
-        assert_eq!(
-            of(Box::new(ProxyError::ConnectFailure)).cause,
-            Cause::Connect
-        );
-        assert_eq!(of(Box::new(ProxyError::Timeout)).cause, Cause::Timeout);
-        let refused: BoxError = Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM));
-        assert_eq!(of(refused).cause, Cause::RefusedStream);
-        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(of(Box::new(io)).cause, Cause::Connect);
-        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        assert_eq!(of(Box::new(reset)).cause, Cause::Reset);
-        assert_eq!(of("mystery".into()).error, ProxyError::UpstreamReset);
+    fn errors() {
+        assert_eq!(error(ProxyError::ConnectFailure), Class::Failure);
+        assert_eq!(error(ProxyError::Timeout), Class::Failure);
+        assert_eq!(error(ProxyError::BulkheadFull), Class::Neutral);
+        assert_eq!(error(ProxyError::CircuitOpen), Class::Neutral);
     }
 
     #[test]
     fn failures_match_conditions_and_statuses() {
-        let f = |error, cause| Failed { error, cause };
         let s = |x: &str| x.parse::<RetryOn>().unwrap();
-        let connect = f(ProxyError::ConnectFailure, Cause::Connect);
-        assert!(connect.matches(s("connect-failure")));
-        assert!(connect.matches(s("502")));
-        assert!(!connect.matches(s("reset")));
-        let refused = f(ProxyError::UpstreamReset, Cause::RefusedStream);
-        assert!(refused.matches(s("refused-stream")) && refused.matches(s("reset")));
-        let reset = f(ProxyError::UpstreamReset, Cause::Reset);
-        assert!(!reset.matches(s("refused-stream")));
-        let timeout = f(ProxyError::Timeout, Cause::Timeout);
-        assert!(timeout.matches(s("504")) && timeout.matches(s("500-599")));
-        assert!(!timeout.matches(s("503")));
+        let connect = ProxyError::ConnectFailure;
+        assert!(retryable(connect, s("connect-failure")));
+        assert!(retryable(connect, s("502")));
+        assert!(!retryable(connect, s("reset")));
+        let refused = ProxyError::RefusedStream;
+        assert!(retryable(refused, s("refused-stream")) && retryable(refused, s("reset")));
+        assert!(!retryable(ProxyError::UpstreamReset, s("refused-stream")));
+        let timeout = ProxyError::Timeout;
+        assert!(retryable(timeout, s("504")) && retryable(timeout, s("500-599")));
+        assert!(!retryable(timeout, s("503")));
     }
 
     #[tokio::test]

@@ -1,28 +1,31 @@
-//! The outermost layer: turns every error of the stack into a response, and,
-//! when the policy has a fallback, answers with it instead of a "we did not
-//! even try" error.
+//! The fallback: when the policy has one, a canned answer instead of a "we
+//! did not even try" error.
 //!
-//! The fallback replaces only refusals — the circuit is open, the bulkhead is
-//! full, or the retry budget was spent after a failure — where the caller
-//! would otherwise get an error that says nothing about its request. A real
-//! upstream answer, even a 5xx, is passed on. Fallback responses carry
-//! `x-trellis-fallback: true` and `x-trellis-error: <why>`, so they are
-//! counted by outcome like the error they replace.
+//! It replaces only refusals — the circuit is open, the bulkhead is full, or
+//! the retry budget was spent after a failure — where the caller would
+//! otherwise get an error that says nothing about its request. A real
+//! upstream answer, even a 5xx, is passed on, and so is every other error.
+//! Fallback responses carry `x-trellis-fallback: true` and are marked
+//! [`Answered`] with the refusal they replace, so the edge adds its
+//! `x-trellis-error` and metrics count them by that outcome. A gRPC caller
+//! gets no fallback (its body is the policy's HTTP content): the refusal
+//! reaches the edge and becomes a gRPC status.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use prometheus::IntCounter;
 use tower::{Layer, Service};
 use trellis_api::proxy;
 
 use crate::body::{Body, full};
-use crate::error::{ERROR_HEADER, ProxyError};
+use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::respond::{Answered, Caller};
 
-pub const FALLBACK_HEADER: &str = "x-trellis-fallback";
+pub const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-trellis-fallback");
 
 /// Response extension set by the retry layer when it returned a failed
 /// response because the retry budget was spent.
@@ -43,7 +46,7 @@ pub struct FallbackLayer {
 }
 
 impl FallbackLayer {
-    /// `None`: errors become their plain `x-trellis-error` responses.
+    /// `None`: refusals stay errors.
     pub fn new(cfg: Option<&proxy::Fallback>, peer: &str, metrics: &Metrics) -> Self {
         let canned = cfg.map(|f| {
             Arc::new(Canned {
@@ -77,27 +80,27 @@ pub struct Fallback<S> {
 }
 
 impl FallbackLayer {
-    fn respond(&self, result: Result<Response<Body>, ProxyError>) -> Response<Body> {
+    fn respond(
+        &self,
+        canned: &Canned,
+        result: Result<Response<Body>, ProxyError>,
+    ) -> Result<Response<Body>, ProxyError> {
         let why = match &result {
-            Err(e @ (ProxyError::CircuitOpen | ProxyError::BulkheadFull)) => Some(*e),
+            Err(e @ (ProxyError::CircuitOpen | ProxyError::BulkheadFull)) => *e,
+            Err(ProxyError::BudgetExhausted) => ProxyError::BudgetExhausted,
             Ok(rsp) if rsp.extensions().get::<BudgetExhausted>().is_some() => {
-                Some(ProxyError::BudgetExhausted)
+                ProxyError::BudgetExhausted
             }
-            _ => None,
+            _ => return result,
         };
-        match (why, &self.canned) {
-            (Some(why), Some(canned)) => {
-                self.served.inc();
-                let mut rsp = Response::new(full(canned.body.clone()));
-                *rsp.status_mut() = canned.status;
-                let h = rsp.headers_mut();
-                h.insert(http::header::CONTENT_TYPE, canned.content_type.clone());
-                h.insert(FALLBACK_HEADER, HeaderValue::from_static("true"));
-                h.insert(ERROR_HEADER, HeaderValue::from_static(why.reason()));
-                rsp
-            }
-            _ => result.unwrap_or_else(ProxyError::into_response),
-        }
+        self.served.inc();
+        let mut rsp = Response::new(full(canned.body.clone()));
+        *rsp.status_mut() = canned.status;
+        let h = rsp.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, canned.content_type.clone());
+        h.insert(FALLBACK_HEADER, HeaderValue::from_static("true"));
+        rsp.extensions_mut().insert(Answered(why));
+        Ok(rsp)
     }
 }
 
@@ -107,20 +110,21 @@ where
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
-    type Error = std::convert::Infallible;
-    type Future = futures::future::BoxFuture<'static, Result<Response<Body>, Self::Error>>;
+    type Error = ProxyError;
+    type Future = futures::future::BoxFuture<'static, Result<Response<Body>, ProxyError>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match self.inner.poll_ready(cx) {
-            Poll::Ready(Err(_)) | Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-            Poll::Pending => Poll::Pending,
-        }
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let canned = match &self.layer.canned {
+            Some(c) if Caller::of(req.headers()) == Caller::Http => c.clone(),
+            _ => return Box::pin(self.inner.call(req)),
+        };
         let fut = super::boxed(self.inner.call(req));
         let layer = self.layer.clone();
-        Box::pin(async move { Ok(layer.respond(fut.await)) })
+        Box::pin(async move { layer.respond(&canned, fut.await) })
     }
 }
 
@@ -152,15 +156,24 @@ mod tests {
     async fn run(
         layer: &FallbackLayer,
         result: fn() -> Result<Response<Body>, ProxyError>,
-    ) -> (Response<()>, Bytes) {
-        let rsp = layer
-            .layer(failing(result))
-            .oneshot(Request::new(crate::body::empty()));
-        let (parts, body) = rsp.await.unwrap().into_parts();
-        (
+    ) -> Result<(Response<()>, Bytes), ProxyError> {
+        run_as(layer, result, "text/plain").await
+    }
+
+    async fn run_as(
+        layer: &FallbackLayer,
+        result: fn() -> Result<Response<Body>, ProxyError>,
+        content_type: &'static str,
+    ) -> Result<(Response<()>, Bytes), ProxyError> {
+        let mut req = Request::new(crate::body::empty());
+        req.headers_mut()
+            .insert("content-type", HeaderValue::from_static(content_type));
+        let rsp = layer.layer(failing(result)).oneshot(req);
+        let (parts, body) = rsp.await?.into_parts();
+        Ok((
             Response::from_parts(parts, ()),
             body.collect().await.unwrap().to_bytes(),
-        )
+        ))
     }
 
     #[tokio::test]
@@ -173,27 +186,43 @@ mod tests {
                 "circuit-open",
             ),
             (|| Err(ProxyError::BulkheadFull), "bulkhead-full"),
+            (|| Err(ProxyError::BudgetExhausted), "budget-exhausted"),
             (
                 || {
-                    let mut r = ProxyError::ConnectFailure.into_response();
+                    let mut r = Response::new(crate::body::empty());
+                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                     r.extensions_mut().insert(BudgetExhausted);
                     Ok(r)
                 },
                 "budget-exhausted",
             ),
         ] {
-            let (rsp, body) = run(&layer, result).await;
+            let (rsp, body) = run(&layer, result).await.unwrap();
             assert_eq!(rsp.status(), 200);
             assert_eq!(body, r#"{"items":[]}"#);
             assert_eq!(rsp.headers()["content-type"], "application/json");
             assert_eq!(rsp.headers()[FALLBACK_HEADER], "true");
-            assert_eq!(rsp.headers()[ERROR_HEADER], why);
+            assert_eq!(rsp.extensions().get::<Answered>().unwrap().0.reason(), why);
         }
         assert_eq!(
             m.fallback_responses_total
                 .with_label_values(&["products"])
                 .get(),
-            3
+            4
+        );
+    }
+
+    #[tokio::test]
+    async fn grpc_callers_get_the_refusal() {
+        let m = Metrics::new();
+        let layer = FallbackLayer::new(Some(&cfg()), "products", &m);
+        let got = run_as(&layer, || Err(ProxyError::CircuitOpen), "application/grpc").await;
+        assert_eq!(got.unwrap_err(), ProxyError::CircuitOpen);
+        assert_eq!(
+            m.fallback_responses_total
+                .with_label_values(&["products"])
+                .get(),
+            0
         );
     }
 
@@ -201,23 +230,22 @@ mod tests {
     async fn other_errors_and_real_answers_pass() {
         let m = Metrics::new();
         let layer = FallbackLayer::new(Some(&cfg()), "products", &m);
-        let (rsp, _) = run(&layer, || Err(ProxyError::Timeout)).await;
-        assert_eq!(rsp.status(), 504);
-        assert_eq!(rsp.headers()[ERROR_HEADER], "timeout");
-        assert!(rsp.headers().get(FALLBACK_HEADER).is_none());
+        let got = run(&layer, || Err(ProxyError::Timeout)).await;
+        assert_eq!(got.unwrap_err(), ProxyError::Timeout);
         let (rsp, _) = run(&layer, || {
             let mut r = Response::new(crate::body::empty());
             *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             Ok(r)
         })
-        .await;
+        .await
+        .unwrap();
         assert_eq!(rsp.status(), 503);
         assert!(rsp.headers().get(FALLBACK_HEADER).is_none());
-        // Without a fallback, refusals are plain errors.
+        assert!(rsp.extensions().get::<Answered>().is_none());
+        // Without a fallback, refusals stay errors.
         let plain = FallbackLayer::new(None, "products", &m);
-        let (rsp, _) = run(&plain, || Err(ProxyError::CircuitOpen)).await;
-        assert_eq!(rsp.status(), 503);
-        assert_eq!(rsp.headers()[ERROR_HEADER], "circuit-open");
+        let got = run(&plain, || Err(ProxyError::CircuitOpen)).await;
+        assert_eq!(got.unwrap_err(), ProxyError::CircuitOpen);
         assert_eq!(
             m.fallback_responses_total
                 .with_label_values(&["products"])

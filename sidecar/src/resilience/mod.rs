@@ -12,8 +12,8 @@
 //! ```
 //!
 //! * **fallback** is outermost so it sees every refusal of every layer below
-//!   (open circuit, full bulkhead, spent budget) and is the one place where
-//!   errors become responses (`x-trellis-error`).
+//!   (open circuit, full bulkhead, spent budget). Every other error goes on
+//!   up, typed, to the listener's edge, the one place errors become responses.
 //! * **request timeout** bounds everything the caller waits for: queueing in
 //!   the bulkhead, every attempt and every backoff. Its [`Deadline`] goes down
 //!   as an extension so the breaker counts a cut call as a failure and the
@@ -59,9 +59,7 @@ pub mod retry;
 pub mod timeout;
 mod window;
 
-use std::convert::Infallible;
 use std::sync::Arc;
-
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -70,8 +68,10 @@ use tower::{Layer, Service, ServiceExt};
 use trellis_api::crd::RouteMatch;
 use trellis_api::proxy::{EffectivePolicy, InboundPolicy, Upstream};
 
+use crate::HttpService;
 use crate::balance::{EndpointFilter, EndpointSet, OutcomeObserver};
-use crate::body::{Body, BoxError};
+use crate::body::Body;
+use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
 pub use breaker::{CircuitBreaker, State as CircuitState};
@@ -90,9 +90,6 @@ where
 {
     Box::pin(fut)
 }
-
-/// A stack that never fails: every error is a response with `x-trellis-error`.
-pub type ResilientService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
 /// The resilience of one upstream route (or of the upstream itself): its
 /// policy and the shared state its stacks use. Cheap to clone.
@@ -117,20 +114,14 @@ struct Layers {
     per_try: timeout::PerTryTimeoutLayer,
 }
 
+/// What the state-sharing tests look at.
+#[cfg(test)]
 impl RouteResilience {
-    pub fn policy(&self) -> &EffectivePolicy {
-        &self.policy
-    }
-
-    pub fn breaker(&self) -> Option<&Arc<CircuitBreaker>> {
+    fn breaker(&self) -> Option<&Arc<CircuitBreaker>> {
         self.breaker.as_ref()
     }
 
-    pub fn budget(&self) -> Option<&Arc<RetryBudget>> {
-        self.budget.as_ref()
-    }
-
-    pub fn outlier(&self) -> Option<&Arc<OutlierDetector>> {
+    fn outlier(&self) -> Option<&Arc<OutlierDetector>> {
         self.outlier.as_ref()
     }
 }
@@ -138,7 +129,6 @@ impl RouteResilience {
 /// The resilience state of one upstream: the service-level route and one per
 /// configured route, in the config's order.
 pub struct UpstreamResilience {
-    peer: Arc<str>,
     metrics: Metrics,
     service: RouteResilience,
     routes: Vec<(RouteMatch, RouteResilience)>,
@@ -156,16 +146,13 @@ impl UpstreamResilience {
         Self::build(upstream, &self.metrics, Some(self))
     }
 
-    /// The route at `index` in `Upstream::routes` (as matched by the core), or
-    /// the service-level one for `None` or an unknown index.
-    pub fn route(&self, index: Option<usize>) -> &RouteResilience {
+    /// The route at `index` in `Upstream::routes`, or the service-level
+    /// one for `None` or an unknown index.
+    #[cfg(test)]
+    fn route(&self, index: Option<usize>) -> &RouteResilience {
         index
             .and_then(|i| self.routes.get(i))
             .map_or(&self.service, |(_, r)| r)
-    }
-
-    pub fn peer(&self) -> &str {
-        &self.peer
     }
 
     /// The upstream's outlier detector, for its balancer.
@@ -185,19 +172,17 @@ impl UpstreamResilience {
         let peer: Arc<str> = upstream.name.as_str().into();
         let prev_service = prev.map(|p| &p.service);
         let policy = &upstream.policy;
-        let outlier = keep_or(
-            prev_service.and_then(|p| {
-                (p.policy.outlier_detection == policy.outlier_detection)
-                    .then(|| p.outlier.clone())
-                    .flatten()
-            }),
-            || {
-                policy
-                    .outlier_detection
-                    .as_ref()
-                    .map(|o| Arc::new(OutlierDetector::new(o, &peer, metrics)))
-            },
-        );
+        let kept = prev_service.and_then(|p| {
+            (p.policy.outlier_detection == policy.outlier_detection)
+                .then(|| p.outlier.clone())
+                .flatten()
+        });
+        let outlier = kept.or_else(|| {
+            policy
+                .outlier_detection
+                .as_ref()
+                .map(|o| Arc::new(OutlierDetector::new(o, &peer)))
+        });
         let service = build_route(
             policy,
             &peer,
@@ -231,16 +216,11 @@ impl UpstreamResilience {
             })
             .collect();
         UpstreamResilience {
-            peer,
             metrics: metrics.clone(),
             service,
             routes,
         }
     }
-}
-
-fn keep_or<T>(kept: Option<T>, make: impl FnOnce() -> Option<T>) -> Option<T> {
-    kept.or_else(make)
 }
 
 /// `peer` label of a route's own breaker: `orders POST /api/v1/orders*`.
@@ -356,10 +336,13 @@ fn build_route(
 
 /// The outbound stack of one route over `attempt` — the core's "pick an
 /// endpoint, connect, send", called once per attempt.
-pub fn outbound<S>(route: &RouteResilience, attempt: S) -> ResilientService
+pub fn outbound<S>(route: &RouteResilience, attempt: S) -> HttpService
 where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
-    S::Error: Into<BoxError>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
 {
     let l = &route.layers;
@@ -376,10 +359,13 @@ where
 /// service, dispatching each request by `select` (the index into
 /// `Upstream::routes` its route matched, `None` for the upstream's own
 /// policy) — e.g. `|req| req.extensions().get::<RoutePolicy>().and_then(|r| r.route)`.
-pub fn outbound_routes<S, F>(u: &UpstreamResilience, attempt: S, select: F) -> ResilientService
+pub fn outbound_routes<S, F>(u: &UpstreamResilience, attempt: S, select: F) -> HttpService
 where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
-    S::Error: Into<BoxError>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
     F: Fn(&Request<Body>) -> Option<usize> + Clone + Send + Sync + 'static,
 {
@@ -393,7 +379,7 @@ where
 #[derive(Clone)]
 struct ByRoute<F> {
     /// The upstream's stack, then one per route.
-    stacks: Arc<[ResilientService]>,
+    stacks: Arc<[HttpService]>,
     select: F,
 }
 
@@ -402,10 +388,10 @@ where
     F: Fn(&Request<Body>) -> Option<usize>,
 {
     type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Oneshot<ResilientService, Request<Body>>;
+    type Error = ProxyError;
+    type Future = Oneshot<HttpService, Request<Body>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         // Each call readies its own clone of the route's stack.
         Poll::Ready(Ok(()))
     }
@@ -447,16 +433,15 @@ impl InboundResilience {
 
 /// The inbound stack over `inner` (the forward to the app): rate limit, then
 /// concurrency limit, so a flood over the rate never takes a slot.
-pub fn inbound<S>(state: &InboundResilience, inner: S) -> ResilientService
+pub fn inbound<S>(state: &InboundResilience, inner: S) -> HttpService
 where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
-    S::Error: Into<BoxError>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
 {
-    let inner = inner.map_err(|e: S::Error| {
-        let e: BoxError = e.into();
-        classify::attempt_error(&*e).error
-    });
     BoxCloneSyncService::new(rate_limit::InboundLimitLayer::new(state.limits.clone()).layer(inner))
 }
 

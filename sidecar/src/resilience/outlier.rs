@@ -22,13 +22,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use prometheus::IntGauge;
 use tokio::time::Instant;
 use trellis_api::proxy;
 
 use super::classify;
 use crate::balance::{Endpoint, EndpointFilter, EndpointSet, Outcome, OutcomeObserver};
-use crate::metrics::Metrics;
 
 /// The longest ejection, unless `baseEjection` itself is longer.
 pub const MAX_EJECTION: Duration = Duration::from_secs(300);
@@ -44,14 +42,13 @@ struct Health {
 
 impl Health {
     /// Whether it is ejected at `now`, noticing a finished ejection.
-    fn check(&mut self, now: Instant, gauge: &IntGauge) -> bool {
+    fn check(&mut self, now: Instant) -> bool {
         match self.ejected_until {
             Some(until) if now < until => true,
             Some(until) => {
                 self.ejected_until = None;
                 self.returned_at = Some(until);
                 self.consecutive_failures = 0;
-                gauge.dec();
                 false
             }
             None => false,
@@ -74,21 +71,17 @@ pub struct OutlierDetector {
     max_ejection: Duration,
     max_percent: u64,
     peer: Arc<str>,
-    ejected: IntGauge,
     inner: Mutex<Inner>,
 }
 
 impl OutlierDetector {
-    pub fn new(cfg: &proxy::OutlierDetection, peer: &str, metrics: &Metrics) -> Self {
-        let ejected = metrics.endpoints.with_label_values(&[peer, "ejected"]);
-        ejected.set(0);
+    pub fn new(cfg: &proxy::OutlierDetection, peer: &str) -> Self {
         OutlierDetector {
             consecutive_failures: cfg.consecutive_failures.get(),
             base: cfg.base_ejection.as_std(),
             max_ejection: MAX_EJECTION.max(cfg.base_ejection.as_std()),
             max_percent: u64::from(cfg.max_ejection_percent.get()),
             peer: peer.into(),
-            ejected,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -103,15 +96,7 @@ impl OutlierDetector {
     pub fn set_endpoints(&self, addrs: &[SocketAddr]) {
         let mut inner = self.lock();
         let before = inner.endpoints.len();
-        let mut gone_ejected = 0;
-        inner.endpoints.retain(|a, e| {
-            let keep = addrs.contains(a);
-            if !keep && e.ejected_until.is_some() {
-                gone_ejected += 1;
-            }
-            keep
-        });
-        self.ejected.sub(gone_ejected);
+        inner.endpoints.retain(|a, _| addrs.contains(a));
         inner.known = Some(addrs.len());
         if before != inner.endpoints.len() {
             tracing::debug!(peer = %self.peer, endpoints = addrs.len(), "outlier detection: endpoints changed");
@@ -133,7 +118,7 @@ impl OutlierDetector {
             .filter(|(_, e)| e.ejected_until.is_some_and(|u| now < u))
             .count() as u64;
         let e = inner.endpoints.entry(addr).or_default();
-        if e.check(now, &self.ejected) {
+        if e.check(now) {
             // An attempt that started before the ejection; it changes nothing.
             return;
         }
@@ -162,26 +147,23 @@ impl OutlierDetector {
             .map_or(self.max_ejection, |d| d.min(self.max_ejection));
         e.ejected_until = Some(now + duration);
         e.consecutive_failures = 0;
-        self.ejected.inc();
         tracing::warn!(peer = %self.peer, endpoint = %addr, times = e.times_ejected, for_ = ?duration, "endpoint ejected");
     }
 
     /// Whether the balancer should skip `addr` now.
     pub fn is_ejected(&self, addr: SocketAddr, now: Instant) -> bool {
         let mut inner = self.lock();
-        inner
-            .endpoints
-            .get_mut(&addr)
-            .is_some_and(|e| e.check(now, &self.ejected))
+        inner.endpoints.get_mut(&addr).is_some_and(|e| e.check(now))
     }
 
     /// How many endpoints are ejected now.
-    pub fn ejected_count(&self, now: Instant) -> usize {
+    #[cfg(test)]
+    fn ejected_count(&self, now: Instant) -> usize {
         let mut inner = self.lock();
         inner
             .endpoints
             .values_mut()
-            .map(|e| e.check(now, &self.ejected))
+            .map(|e| e.check(now))
             .filter(|ejected| *ejected)
             .count()
     }
@@ -205,9 +187,10 @@ impl OutcomeObserver for OutlierDetector {
     }
 }
 
-/// What counts against an endpoint: 5xx, a failing gRPC status in the head,
-/// an error before the head, or an attempt cut by a timeout (`Cancelled`: a
-/// slow endpoint is as bad as a failing one).
+/// What counts against an endpoint: 5xx, a failing gRPC status (from the
+/// head or, for a gRPC body, the trailers: the attempt reports once they
+/// came), an error before the head, or an attempt cut by a timeout
+/// (`Cancelled`: a slow endpoint is as bad as a failing one).
 fn is_failure(outcome: &Outcome) -> bool {
     match outcome {
         Outcome::Response {
@@ -228,7 +211,7 @@ mod tests {
     use trellis_api::Duration as ApiDuration;
     use trellis_api::bounded::Bounded;
 
-    fn detector(max_percent: u32, metrics: &Metrics) -> OutlierDetector {
+    fn detector(max_percent: u32) -> OutlierDetector {
         OutlierDetector::new(
             &proxy::OutlierDetection {
                 consecutive_failures: Bounded::new_const(3),
@@ -236,7 +219,6 @@ mod tests {
                 max_ejection_percent: Bounded::new(max_percent).unwrap(),
             },
             "orders",
-            metrics,
         )
     }
 
@@ -250,14 +232,9 @@ mod tests {
         }
     }
 
-    fn gauge(m: &Metrics) -> i64 {
-        m.endpoints.with_label_values(&["orders", "ejected"]).get()
-    }
-
     #[test]
     fn ejects_after_consecutive_failures_and_returns() {
-        let m = Metrics::new();
-        let d = detector(50, &m);
+        let d = detector(50);
         d.set_endpoints(&[addr(1), addr(2), addr(3)]);
         let t0 = Instant::now();
         fail(&d, addr(1), 2, t0);
@@ -267,18 +244,15 @@ mod tests {
         fail(&d, addr(1), 1, t0);
         assert!(d.is_ejected(addr(1), t0));
         assert_eq!(d.ejected_count(t0), 1);
-        assert_eq!(gauge(&m), 1);
         let t = |s| t0 + Duration::from_secs(s);
         assert!(d.is_ejected(addr(1), t(29)));
         assert!(!d.is_ejected(addr(1), t(30)));
         assert_eq!(d.ejected_count(t(30)), 0);
-        assert_eq!(gauge(&m), 0);
     }
 
     #[test]
     fn ejection_time_grows_with_each_ejection_up_to_the_cap_and_decays() {
-        let m = Metrics::new();
-        let d = detector(50, &m);
+        let d = detector(50);
         d.set_endpoints(&[addr(1), addr(2)]);
         let mut t = Instant::now();
         for n in 1..=12u64 {
@@ -300,14 +274,13 @@ mod tests {
 
     #[test]
     fn never_more_than_max_percent_nor_the_only_endpoint() {
-        let m = Metrics::new();
         let t0 = Instant::now();
-        let single = detector(100, &m);
+        let single = detector(100);
         single.set_endpoints(&[addr(1)]);
         fail(&single, addr(1), 10, t0);
         assert!(!single.is_ejected(addr(1), t0));
 
-        let d = detector(50, &m);
+        let d = detector(50);
         d.set_endpoints(&[addr(1), addr(2), addr(3), addr(4)]);
         for i in 1..=4 {
             fail(&d, addr(i), 3, t0);
@@ -323,8 +296,7 @@ mod tests {
 
     #[test]
     fn without_discovery_recorded_endpoints_are_the_base() {
-        let m = Metrics::new();
-        let d = detector(50, &m);
+        let d = detector(50);
         let t0 = Instant::now();
         fail(&d, addr(1), 3, t0);
         // Only one endpoint known: never ejected.
@@ -336,22 +308,20 @@ mod tests {
 
     #[test]
     fn forgets_endpoints_that_left() {
-        let m = Metrics::new();
-        let d = detector(50, &m);
+        let d = detector(50);
         d.set_endpoints(&[addr(1), addr(2)]);
         let t0 = Instant::now();
         fail(&d, addr(1), 3, t0);
-        assert_eq!(gauge(&m), 1);
+        assert_eq!(d.ejected_count(t0), 1);
         d.set_endpoints(&[addr(2), addr(3)]);
-        assert_eq!(gauge(&m), 0);
+        assert_eq!(d.ejected_count(t0), 0);
         assert!(!d.is_ejected(addr(1), t0));
     }
 
     #[test]
     fn balancer_hooks_eject_and_skip() {
         use std::time::Duration as D;
-        let m = Metrics::new();
-        let d = Arc::new(detector(50, &m));
+        let d = Arc::new(detector(50));
         let set = EndpointSet::new("orders");
         set.set_filter(Some(d.clone()));
         set.set_observer(Some(d.clone()));

@@ -1,10 +1,11 @@
 //! Inbound limits: what the app behind this sidecar accepts from all its
 //! callers together.
 //!
-//! * A token bucket (`requestsPerSecond`, `burst`): over the rate, a 429 with
-//!   `Retry-After` saying when a token will be there — a polite caller (and
-//!   our own retry layer, which honours it) comes back then, not at once.
-//! * A concurrency limit (`maxConcurrent`): over it, 503 `overloaded`, at once.
+//! * A token bucket (`requestsPerSecond`, `burst`): over the rate,
+//!   `rate-limited` (a 429 with `Retry-After` saying when a token will be
+//!   there — a polite caller, and our own retry layer, which honours it,
+//!   comes back then, not at once).
+//! * A concurrency limit (`maxConcurrent`): over it, `overloaded` (503), at once.
 //!   Unlike the outbound bulkhead nothing queues: the caller's sidecar has
 //!   other endpoints to try, and queueing here only adds latency.
 
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use prometheus::IntCounter;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -115,15 +116,6 @@ pub struct InboundLimit<S> {
     limits: Arc<InboundLimits>,
 }
 
-/// The 429 for a caller over the rate: `Retry-After` in whole seconds, at least 1.
-pub fn rate_limited_response(wait: Duration) -> Response<Body> {
-    let mut rsp = ProxyError::RateLimited.into_response();
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    rsp.headers_mut()
-        .insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    rsp
-}
-
 impl<S> Service<Request<Body>> for InboundLimit<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
@@ -133,8 +125,8 @@ where
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
-    type Error = std::convert::Infallible;
-    type Future = futures::future::BoxFuture<'static, Result<Response<Body>, Self::Error>>;
+    type Error = ProxyError;
+    type Future = futures::future::BoxFuture<'static, Result<Response<Body>, ProxyError>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Readiness is the inner's business per call; we never push back.
@@ -146,29 +138,20 @@ where
             && let Err(wait) = bucket.try_take(Instant::now())
         {
             self.limits.rate_limited.inc();
-            return Box::pin(futures::future::ready(Ok(rate_limited_response(wait))));
+            let refused = ProxyError::RateLimited { retry_after: wait };
+            return Box::pin(futures::future::ready(Err(refused)));
         }
         let permit = match &self.limits.slots {
             None => None,
             Some(slots) => match slots.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
-                Err(_) => {
-                    return Box::pin(futures::future::ready(Ok(
-                        ProxyError::Overloaded.into_response()
-                    )));
-                }
+                Err(_) => return Box::pin(futures::future::ready(Err(ProxyError::Overloaded))),
             },
         };
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            let called = match tower::ServiceExt::ready(&mut inner).await {
-                Ok(ready) => super::boxed(ready.call(req)).await,
-                Err(e) => Err(e),
-            };
-            let rsp = match called {
-                Ok(rsp) => rsp,
-                Err(e) => return Ok(e.into_response()),
-            };
+            let ready = tower::ServiceExt::ready(&mut inner).await?;
+            let rsp = super::boxed(ready.call(req)).await?;
             Ok(match permit {
                 Some(p) => rsp.map(|b| Observe::wrap(b, move |_| drop(p))),
                 None => rsp,
@@ -221,7 +204,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn over_the_rate_is_429_with_retry_after() {
+    async fn over_the_rate_is_refused_with_when_to_retry() {
         let m = Metrics::new();
         let limits = Arc::new(InboundLimits::new(
             &proxy::InboundPolicy {
@@ -242,14 +225,18 @@ mod tests {
                 .unwrap();
             assert_eq!(rsp.status(), 200);
         }
-        let rsp = svc
+        let err = svc
             .clone()
             .oneshot(Request::new(crate::body::empty()))
             .await
-            .unwrap();
-        assert_eq!(rsp.status(), 429);
-        assert_eq!(rsp.headers()["retry-after"], "1");
-        assert_eq!(rsp.headers()["x-trellis-error"], "rate-limited");
+            .unwrap_err();
+        // A token every 500 ms: the next one is that far away.
+        assert_eq!(
+            err,
+            ProxyError::RateLimited {
+                retry_after: Duration::from_millis(500)
+            }
+        );
         assert_eq!(m.rate_limited_total.get(), 1);
         tokio::time::advance(Duration::from_millis(500)).await;
         let rsp = svc
@@ -260,7 +247,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn over_max_concurrent_is_503_overloaded_until_bodies_end() {
+    async fn over_max_concurrent_is_overloaded_until_bodies_end() {
         let m = Metrics::new();
         let limits = Arc::new(InboundLimits::new(
             &proxy::InboundPolicy {
@@ -279,9 +266,8 @@ mod tests {
             .clone()
             .oneshot(Request::new(crate::body::empty()))
             .await
-            .unwrap();
-        assert_eq!(second.status(), 503);
-        assert_eq!(second.headers()["x-trellis-error"], "overloaded");
+            .unwrap_err();
+        assert_eq!(second, ProxyError::Overloaded);
         drop(first);
         let third = svc
             .oneshot(Request::new(crate::body::empty()))

@@ -7,7 +7,7 @@
 //! attempt), where the balancer records its picks and which it avoids.
 //!
 //! What is retried, and why not more:
-//! * only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE), unless the
+//! * only idempotent methods ([`is_idempotent`]), unless the
 //!   route says `allowNonIdempotent`: a POST that reached the app may have
 //!   done its work before failing;
 //! * only bodies that can be replayed: buffered as they stream, up to
@@ -21,8 +21,9 @@
 //!   upstream asked for; not started at all if it would outlast the request's
 //!   [`Deadline`] (the caller gets the real failure instead of a timeout);
 //! * each retry is withdrawn from the shared [`RetryBudget`]; when it is spent
-//!   the failed response is returned as is, marked [`BudgetExhausted`] for the
-//!   fallback, and `trellis_retry_budget_exhausted_total` counts it.
+//!   a failed response is returned as is, marked [`BudgetExhausted`] for the
+//!   fallback, a failed attempt becomes `ProxyError::BudgetExhausted`, and
+//!   `trellis_retry_budget_exhausted_total` counts it.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -32,7 +33,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use http::{HeaderMap, Method, Request, Response, request::Parts};
+use http::{HeaderMap, Request, Response, request::Parts};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use prometheus::IntCounter;
@@ -40,10 +41,11 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use trellis_api::crd::RetryOn;
 use trellis_api::proxy::{self, MAX_REPLAY_BODY_BYTES};
+use trellis_api::route::is_idempotent;
 
 use super::backoff::{Backoff, parse_retry_after};
 use super::budget::RetryBudget;
-use super::classify::{self, Cause, Failed};
+use super::classify;
 use super::fallback::BudgetExhausted;
 use super::replay::ReplayBody;
 use super::timeout::Deadline;
@@ -133,7 +135,10 @@ pub struct Retry<S> {
 
 impl<S> Service<Request<Body>> for Retry<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -149,13 +154,6 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         Box::pin(run(self.inner.clone(), self.shared.clone(), req))
     }
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 /// How each attempt gets its body.
@@ -219,14 +217,14 @@ async fn run<S>(
     req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
     S::Future: Send + 'static,
 {
     let (mut parts, body) = req.into_parts();
     parts.extensions.get_or_insert_with(TriedEndpoints::default);
     let settings = shared.settings.as_ref();
     let max_attempts = match settings {
-        Some(s) if s.allow_non_idempotent || is_idempotent(&parts.method) => s.attempts,
+        Some(s) if s.allow_non_idempotent || is_idempotent(parts.method.as_str()) => s.attempts,
         _ => 1,
     };
     let mut plan = Plan::new(&parts, body, max_attempts > 1);
@@ -247,11 +245,11 @@ where
         };
         let settings = match settings {
             Some(s) if attempt < max_attempts && plan.can_replay() => s,
-            _ => return finish(result),
+            _ => return result,
         };
         let (result, condition) = retry_condition(result, settings).await;
         let Some((condition, counter)) = condition else {
-            return finish(result);
+            return result;
         };
         let retry_after = match &result {
             Ok(rsp) => rsp
@@ -265,7 +263,7 @@ where
             .delay_after(attempt, retry_after, &mut rand::rng());
         let now = Instant::now();
         if deadline.is_some_and(|d| now + delay >= d) {
-            return finish(result);
+            return result;
         }
         if let Some(budget) = &shared.budget
             && !budget.try_withdraw(now)
@@ -284,27 +282,22 @@ where
     }
 }
 
-fn finish(result: Result<Response<Body>, BoxError>) -> Result<Response<Body>, ProxyError> {
-    result.map_err(|e| classify::attempt_error(&*e).error)
-}
-
+/// The upstream's failed response, marked for the fallback; a failed
+/// attempt becomes the refusal to retry it.
 fn finish_exhausted(
-    result: Result<Response<Body>, BoxError>,
+    result: Result<Response<Body>, ProxyError>,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut rsp = match result {
-        Ok(rsp) => rsp,
-        Err(e) => classify::attempt_error(&*e).error.into_response(),
-    };
+    let mut rsp = result.map_err(|_| ProxyError::BudgetExhausted)?;
     rsp.extensions_mut().insert(BudgetExhausted);
     Ok(rsp)
 }
 
 /// The `retryOn` condition the attempt's outcome matches, if any.
 async fn retry_condition(
-    result: Result<Response<Body>, BoxError>,
+    result: Result<Response<Body>, ProxyError>,
     s: &Settings,
 ) -> (
-    Result<Response<Body>, BoxError>,
+    Result<Response<Body>, ProxyError>,
     Option<(RetryOn, &IntCounter)>,
 ) {
     let find = |pred: &dyn Fn(RetryOn) -> bool| {
@@ -314,31 +307,9 @@ async fn retry_condition(
             .map(|(on, c)| (*on, c))
     };
     let rsp = match result {
-        Err(e) => {
-            let failed = classify::attempt_error(&*e);
-            let found = find(&|on| failed.matches(on));
-            return (Err(e), found);
-        }
+        Err(e) => return (Err(e), find(&|on| classify::retryable(e, on))),
         Ok(rsp) => rsp,
     };
-    // An error the attempt service answered as a response rather than an Err.
-    if let Some(reason) = ProxyError::of_response(&rsp) {
-        let cause = match reason {
-            "connect-failure" => Some(Cause::Connect),
-            "reset" => Some(Cause::Reset),
-            "timeout" => Some(Cause::Timeout),
-            _ => None,
-        };
-        if let Some(cause) = cause {
-            let failed = Failed {
-                error: ProxyError::BadRequest,
-                cause,
-            };
-            let status = rsp.status().as_u16();
-            let found = find(&|on| failed.matches(on) || on.matches_status(status));
-            return (Ok(rsp), found);
-        }
-    }
     let status = rsp.status().as_u16();
     if let Some(found) = find(&|on| on.matches_status(status)) {
         return (Ok(rsp), Some(found));
@@ -463,6 +434,7 @@ pub fn grpc_trailers(code: u16) -> HeaderMap {
 mod tests {
     use super::*;
     use crate::resilience::timeout::PerTryTimeoutLayer;
+    use http::Method;
     use std::net::SocketAddr;
     use std::sync::Mutex;
     use std::time::Duration;
@@ -513,18 +485,19 @@ mod tests {
             self.seen.lock().unwrap().clone()
         }
 
+        /// Fails as the attempt service does: with the client's error, classified.
         fn service(
             &self,
         ) -> impl Service<
             Request<Body>,
             Response = Response<Body>,
-            Error = BoxError,
+            Error = ProxyError,
             Future = impl Send + 'static,
         > + Clone
         + Send
         + 'static {
             let u = self.clone();
-            tower::service_fn(move |req: Request<Body>| {
+            let svc = tower::service_fn(move |req: Request<Body>| {
                 let u = u.clone();
                 async move {
                     let n = u.seen.lock().unwrap().len();
@@ -590,9 +563,10 @@ mod tests {
                         }
                         Step::Hang => futures::future::pending::<()>().await,
                     }
-                    Ok(rsp)
+                    Ok::<_, BoxError>(rsp)
                 }
-            })
+            });
+            svc.map_err(|e: BoxError| ProxyError::of_client_error(&*e))
         }
     }
 
@@ -885,5 +859,88 @@ mod tests {
         let rsp = layer.layer(up.service()).oneshot(get()).await.unwrap();
         assert_eq!(rsp.status(), 503);
         assert_eq!(up.seen().len(), 1);
+    }
+
+    /// A storm: one upstream fails every attempt for 30 s while callers send
+    /// 50 requests a second, each wanting two retries. With a budget of 0.2 ×
+    /// requests + 10/s over 10 s, no 10 s window — wherever it starts — holds
+    /// more retries than that, and the whole run (three windows) makes at most
+    /// 1.4 upstream requests per caller request.
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_storm_stays_within_the_budget_over_every_window() {
+        let (ratio, min_per_second, window) = (0.2, 10u32, 10u64);
+        let mut p = policy(3, &["503"]);
+        // Retries leave the moment a try failed: what the upstream sees is what the budget granted.
+        p.backoff.base = ApiDuration::from_millis(0);
+        p.backoff.max = ApiDuration::from_millis(0);
+        p.budget = proxy::RetryBudget {
+            ratio: Ratio::new(ratio).unwrap(),
+            min_per_second,
+            window: ApiDuration::from_secs(window),
+        };
+        let h = harness(&p);
+        // (arrival since start, request number) of every upstream request.
+        let seen = Arc::new(Mutex::new(Vec::<(Duration, u32)>::new()));
+        let start = Instant::now();
+        let failing = {
+            let seen = seen.clone();
+            tower::service_fn(move |req: Request<Body>| {
+                let n: u32 = req.headers()["x-n"].to_str().unwrap().parse().unwrap();
+                seen.lock().unwrap().push((start.elapsed(), n));
+                async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let mut rsp = Response::new(crate::body::empty());
+                    *rsp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    Ok::<_, ProxyError>(rsp)
+                }
+            })
+        };
+        let svc = h.layer.layer(failing);
+        let requests = 1500u32;
+        let mut calls = Vec::new();
+        for n in 0..requests {
+            let mut req = get();
+            req.headers_mut().insert("x-n", n.into());
+            calls.push(tokio::spawn(svc.clone().oneshot(req)));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for c in calls {
+            assert_eq!(c.await.unwrap().unwrap().status(), 503);
+        }
+        let seen = seen.lock().unwrap().clone();
+        // A request's first arrival is the request, the rest are its retries.
+        let mut firsts = std::collections::HashSet::new();
+        let events: Vec<(Duration, bool)> = seen
+            .iter()
+            .map(|(at, n)| (*at, !firsts.insert(*n)))
+            .collect();
+        let retries = events.iter().filter(|e| e.1).count();
+        let amplification = events.len() as f64 / f64::from(requests);
+        let windows = 3.0;
+        let bound =
+            1.0 + ratio + windows * f64::from(min_per_second) * window as f64 / f64::from(requests);
+        println!(
+            "storm: {requests} requests, {retries} retries, amplification {amplification:.3} (bound {bound:.3})"
+        );
+        assert!(
+            retries > 300,
+            "the storm must use the budget: {retries} retries"
+        );
+        assert!(amplification <= bound, "{amplification} > {bound}");
+        let cap = |q: usize| ratio * q as f64 + f64::from(min_per_second) * window as f64;
+        let w = Duration::from_secs(window);
+        for &(at, _) in &events {
+            for (from, to) in [(at, at + w), (at.saturating_sub(w), at)] {
+                let (r, q) = events.iter().filter(|(e, _)| (from..=to).contains(e)).fold(
+                    (0, 0),
+                    |(r, q), e| if e.1 { (r + 1, q) } else { (r, q + 1) },
+                );
+                assert!(
+                    r as f64 <= cap(q) + 1e-9,
+                    "[{from:?}, {to:?}] holds {r} retries for {q} requests (cap {})",
+                    cap(q)
+                );
+            }
+        }
     }
 }

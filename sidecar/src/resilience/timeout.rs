@@ -21,7 +21,7 @@ use http::{HeaderValue, Request, Response};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 use crate::error::ProxyError;
 
 /// Request extension: when the caller stops waiting.
@@ -129,7 +129,7 @@ where
     }
 }
 
-/// Bounds one attempt; the inner is the attempt service, its errors boxed.
+/// Bounds one attempt (the inner is the attempt service).
 #[derive(Clone, Copy, Debug)]
 pub struct PerTryTimeoutLayer {
     timeout: Option<Duration>,
@@ -159,16 +159,15 @@ pub struct PerTryTimeout<S> {
 
 impl<S> Service<Request<Body>> for PerTryTimeout<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>> + 'static,
-    S::Error: Into<BoxError>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError> + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = BoxFuture<Response<Body>, BoxError>;
+    type Error = ProxyError;
+    type Future = BoxFuture<Response<Body>, ProxyError>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
@@ -179,11 +178,10 @@ where
         Box::pin(async move {
             match deadline {
                 // Only our own timer may fire here; the request deadline is enforced outside.
-                Some(d) if per_try => match tokio::time::timeout_at(d, fut).await {
-                    Ok(r) => r.map_err(Into::into),
-                    Err(_) => Err(ProxyError::Timeout.into()),
-                },
-                _ => fut.await.map_err(Into::into),
+                Some(d) if per_try => tokio::time::timeout_at(d, fut)
+                    .await
+                    .unwrap_or(Err(ProxyError::Timeout)),
+                _ => fut.await,
             }
         })
     }
@@ -275,7 +273,7 @@ mod tests {
             .layer(slow(Duration::from_millis(150)));
         let err = svc.oneshot(req(None)).await.unwrap_err();
         assert_eq!(err, ProxyError::Timeout);
-        assert_eq!(err.into_response().status(), 504);
+        assert_eq!(err.status(), 504);
     }
 
     #[tokio::test(start_paused = true)]
@@ -326,11 +324,11 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn per_try_timeout_is_a_boxed_proxy_timeout_and_narrows_the_deadline() {
+    async fn per_try_timeout_fires_and_narrows_the_deadline() {
         let svc = PerTryTimeoutLayer::new(Some(Duration::from_millis(30)))
             .layer(slow(Duration::from_millis(50)));
         let err = svc.clone().oneshot(req(None)).await.unwrap_err();
-        assert_eq!(err.downcast_ref::<ProxyError>(), Some(&ProxyError::Timeout));
+        assert_eq!(err, ProxyError::Timeout);
 
         let start = Instant::now();
         let svc = PerTryTimeoutLayer::new(Some(Duration::from_millis(80)))

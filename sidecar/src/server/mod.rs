@@ -1,15 +1,13 @@
 //! Accepting connections: HTTP/1.1 and HTTP/2 prior knowledge on one port
-//! (hyper-util's auto builder), protocol limits from the config, and graceful
+//! (hyper-util's auto builder, upgrades allowed), protocol limits from the config, and graceful
 //! shutdown (stop accepting, `Connection: close` / GOAWAY, drain, then cut).
 
 pub mod guard;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -22,14 +20,19 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::body::Body;
+use crate::published::View;
 use trellis_api::proxy::HttpSettings;
 
 /// hyper refuses read buffers smaller than this.
 const MIN_BUF_SIZE: usize = 8192;
 
-/// Serves one request of one connection.
+/// Serves one request of one connection: every request gets a response.
 pub trait Handler: Clone + Send + Sync + 'static {
-    fn handle(&self, req: Request<Body>, remote: SocketAddr) -> BoxFuture<'static, Response<Body>>;
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> BoxFuture<'static, Response<Body>>;
 }
 
 /// Fires once, when the proxy starts shutting down.
@@ -54,7 +57,7 @@ pub async fn serve<H: Handler>(
     name: &'static str,
     listener: TcpListener,
     handler: H,
-    settings: Arc<ArcSwap<HttpSettings>>,
+    settings: View<HttpSettings>,
     mut shutdown: Shutdown,
 ) {
     let graceful = GracefulShutdown::new();
@@ -83,10 +86,11 @@ pub async fn serve<H: Handler>(
                 ));
                 let handler = handler.clone();
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let fut = handler.handle(req.map(crate::body::boxed), remote);
+                    let fut = handler.handle(req, remote);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
-                let conn = builder.serve_connection(io, svc).into_owned();
+                // Upgrades (WebSocket, CONNECT) hand the connection to the edge after a 101/200.
+                let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
                 let conn = graceful.watch(conn);
                 conns.spawn(async move {
                     if let Err(e) = conn.await {

@@ -12,7 +12,6 @@
 
 mod otlp;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -35,6 +34,7 @@ use opentelemetry_sdk::trace::{
 use tower::{Layer, Service};
 
 use crate::body::Body;
+use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use trellis_api::proxy::{Identity, Tracing};
 
@@ -339,29 +339,29 @@ pub struct Remote(pub SocketAddr);
 
 impl<S> Service<Request<Body>> for ServerSpan<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let remote = req.extensions().get::<Remote>().map(|r| r.0);
         let mut span = self.telemetry.server_span(&mut req, remote);
-        let fut: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> =
+        let fut: Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>> =
             Box::pin(self.inner.call(req));
         Box::pin(async move {
-            let rsp = fut.await?;
-            span.response(rsp.status());
-            if let Some(reason) = crate::error::ProxyError::of_response(&rsp) {
-                span.error(reason);
+            let result = fut.await;
+            match &result {
+                Ok(rsp) => span.response(rsp.status()),
+                Err(e) => span.error(e.reason()),
             }
-            Ok(rsp)
+            result
         })
     }
 }

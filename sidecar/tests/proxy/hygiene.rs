@@ -197,7 +197,9 @@ async fn a_request_looping_back_into_the_proxy_is_508() {
         upstream("orders", &["orders"], &[app.addr]),
         upstream("loop", &["loop"], &[proxy.outbound_addr])
     );
-    proxy.reload(parse(&config_yaml(app.addr, "http", &ups, "")));
+    proxy
+        .reload(parse(&config_yaml(app.addr, "http", &ups, "")))
+        .await;
     let (status, headers, _) = send(
         &h1_client(),
         proxy.outbound_addr,
@@ -210,4 +212,82 @@ async fn a_request_looping_back_into_the_proxy_is_508() {
     .await;
     assert_eq!(status, 508);
     assert_eq!(headers["x-trellis-error"], "loop");
+}
+
+/// RFC 9112 §3.2 on both listeners: a request without `Host` (HTTP/1.1),
+/// with two, or with an invalid one is answered 400 and never forwarded.
+#[tokio::test]
+async fn a_missing_repeated_or_invalid_host_is_400_on_both_listeners() {
+    let (app, proxy) = setup().await;
+    let bad: [&[u8]; 5] = [
+        b"GET /echo HTTP/1.1\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: orders\r\nHost: orders\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: orders\r\nHost: evil\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: user@orders\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: orders:http\r\n\r\n",
+    ];
+    for listener in [proxy.outbound_addr, proxy.inbound_addr] {
+        for request in bad {
+            let (out, _) = raw(listener, request, WAIT).await;
+            let shown = String::from_utf8_lossy(request);
+            assert!(out.starts_with("HTTP/1.1 400"), "{shown:?}: {out}");
+            assert!(
+                out.to_ascii_lowercase()
+                    .contains("x-trellis-error: bad-request"),
+                "{shown:?}: {out}"
+            );
+        }
+    }
+    assert_eq!(app.hits.load(Ordering::SeqCst), 0, "nothing was forwarded");
+    // The same requests with one good Host go through; HTTP/1.0 needs none.
+    let (out, _) = raw(
+        proxy.inbound_addr,
+        b"GET /echo HTTP/1.1\r\nHost: orders:8080\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let (out, _) = raw(proxy.inbound_addr, b"GET /echo HTTP/1.0\r\n\r\n", WAIT).await;
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    assert_eq!(app.hits.load(Ordering::SeqCst), 2);
+}
+
+/// The rest of RFC 9112's request-head rules, as both listeners apply them
+/// (hyper's parser and the framing guard): each head is answered 400 and
+/// nothing is forwarded.
+#[tokio::test]
+async fn other_malformed_heads_are_400_and_never_forwarded() {
+    let (app, proxy) = setup().await;
+    let bad: [(&str, &[u8]); 6] = [
+        // §6.3: a request whose last transfer coding is not chunked has no knowable length.
+        (
+            "te-not-chunked",
+            b"POST /echo HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+        ),
+        // §5.1: no whitespace between a field name and the colon.
+        (
+            "space-before-colon",
+            b"GET /echo HTTP/1.1\r\nHost : orders\r\n\r\n",
+        ),
+        // §5.2: obsolete line folding in a request.
+        (
+            "obs-fold",
+            b"GET /echo HTTP/1.1\r\nHost: orders\r\nX-A: a\r\n b\r\n\r\n",
+        ),
+        // §6.2: an invalid Content-Length.
+        (
+            "bad-length",
+            b"POST /echo HTTP/1.1\r\nHost: orders\r\nContent-Length: 1x\r\n\r\nabc",
+        ),
+        // §3: a request line with a bad method token or version.
+        ("bad-method", b"G(T /echo HTTP/1.1\r\nHost: orders\r\n\r\n"),
+        ("bad-version", b"GET /echo HTTP/9.9\r\nHost: orders\r\n\r\n"),
+    ];
+    for listener in [proxy.outbound_addr, proxy.inbound_addr] {
+        for (what, request) in bad {
+            let (out, _) = raw(listener, request, WAIT).await;
+            assert!(out.starts_with("HTTP/1.1 400"), "{what}: {out}");
+        }
+    }
+    assert_eq!(app.hits.load(Ordering::SeqCst), 0, "nothing was forwarded");
 }

@@ -1,6 +1,7 @@
 //! `kubernetes` discovery against a real API server. Runs when
 //! `TRELLIS_TEST_KUBECONFIG` names a kubeconfig (e2e/control-plane.sh prints
-//! one); otherwise it says it skipped.
+//! one, scripts/test.sh sets it); otherwise it says it skipped — except under
+//! CI, where a missing API server is a failure.
 
 use std::time::Duration;
 
@@ -14,6 +15,10 @@ use crate::support::*;
 
 async fn client() -> Option<kube::Client> {
     let Ok(path) = std::env::var("TRELLIS_TEST_KUBECONFIG") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the kubernetes discovery test against a real API server: TRELLIS_TEST_KUBECONFIG is not set"
+        );
         eprintln!("skipped: set TRELLIS_TEST_KUBECONFIG to run the kubernetes discovery test");
         return None;
     };

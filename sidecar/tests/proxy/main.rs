@@ -13,4 +13,6 @@ mod protocols;
 mod reload;
 mod routing;
 mod shutdown;
+mod stalls;
 mod traces;
+mod upgrades;

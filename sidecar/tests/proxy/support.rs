@@ -28,10 +28,13 @@ pub fn body(b: impl Into<Bytes>) -> TestBody {
 }
 
 /// A test app: answers `/echo` with a JSON description of the request, `/slow/<ms>` after
-/// a delay, `/trailers` with a streamed body and trailers, anything else with its name.
+/// a delay, `/trailers` with a streamed body and trailers, `/stall` with one chunk and
+/// then nothing, anything else with its name.
 pub struct App {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Request bodies that ended in an error (cut) instead of their end.
+    pub cut_bodies: Arc<AtomicUsize>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -54,17 +57,18 @@ pub async fn start_app_at(bind: &str, name: &'static str, delay: Duration) -> Ap
     let listener = TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
+    let cut_bodies = Arc::new(AtomicUsize::new(0));
+    let (h, cut) = (hits.clone(), cut_bodies.clone());
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let h = h.clone();
+            let (h, cut) = (h.clone(), cut.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     h.fetch_add(1, Ordering::SeqCst);
-                    app_handle(name, delay, req)
+                    app_handle(name, delay, req, cut.clone())
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -75,6 +79,7 @@ pub async fn start_app_at(bind: &str, name: &'static str, delay: Duration) -> Ap
     App {
         addr,
         hits,
+        cut_bodies,
         _task: task,
     }
 }
@@ -83,6 +88,7 @@ async fn app_handle(
     name: &'static str,
     delay: Duration,
     req: Request<Incoming>,
+    cut: Arc<AtomicUsize>,
 ) -> Result<Response<TestBody>, Infallible> {
     tokio::time::sleep(delay).await;
     let path = req.uri().path().to_string();
@@ -90,6 +96,16 @@ async fn app_handle(
         let ms: u64 = ms.parse().unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         return Ok(Response::new(body(format!("slow {name}"))));
+    }
+    if path == "/stall" {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
+        let _ = tx.unbounded_send(Ok(Frame::data(Bytes::from_static(b"first"))));
+        // The sender stays: the body neither goes on nor ends.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(tx);
+        });
+        return Ok(Response::new(StreamBody::new(rx).boxed()));
     }
     if path == "/trailers" {
         let mut trailers = HeaderMap::new();
@@ -111,7 +127,12 @@ async fn app_handle(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
             .collect();
-        let collected = req.into_body().collect().await.unwrap();
+        let Ok(collected) = req.into_body().collect().await else {
+            cut.fetch_add(1, Ordering::SeqCst);
+            let mut rsp = Response::new(body("body cut"));
+            *rsp.status_mut() = StatusCode::BAD_REQUEST;
+            return Ok(rsp);
+        };
         let trailers = collected.trailers().cloned();
         let bytes = collected.to_bytes();
         let json = serde_json::json!({

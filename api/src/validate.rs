@@ -1,18 +1,17 @@
 //! What the CRD schema and CEL cannot check in a ResiliencePolicy: routes
-//! that can never match.
+//! that can never match. The validating webhook denies on [`Findings::errors`]
+//! and `trellis check` fails on them, so a file that passes one passes both.
 //!
 //! The sidecar tries routes most specific first (exact path, then longer
 //! prefix, then methods only; ties in the order written) and the first match
-//! wins. A route that an earlier-tried route covers entirely never runs.
-//! Prefixes are compared by whole path segments, so a route is only reported
-//! when it is shadowed whichever way the sidecar matches prefixes.
+//! wins: a route that an earlier-tried route covers entirely never runs.
 
 use std::cmp::Reverse;
 
-use trellis_api::crd::{ResiliencePolicySpec, RouteMatch};
-use trellis_api::resolve::{describe_match, specificity};
+use crate::crd::{ResiliencePolicySpec, RouteMatch};
+use crate::route::is_under;
 
-/// Problems found: `errors` deny the request, `warnings` are shown to the user.
+/// Problems found: `errors` make the policy invalid, `warnings` are shown.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Findings {
     pub errors: Vec<String>,
@@ -32,9 +31,10 @@ pub fn validate_policy(spec: &ResiliencePolicySpec) -> Findings {
                 f.errors.push(format!(
                     "routes[{i}].match: path {path:?} is not under pathPrefix {prefix:?}, so this route can never match; drop one of them"
                 ));
-            } else if !under(path, prefix) {
-                f.warnings.push(format!(
-                    "routes[{i}].match: path {path:?} only starts with pathPrefix {prefix:?} as text, not as a path segment; drop pathPrefix"
+            } else if !is_under(path, prefix) {
+                never[i] = true;
+                f.errors.push(format!(
+                    "routes[{i}].match: path {path:?} only starts with pathPrefix {prefix:?} as text, not as a path segment, so this route can never match; drop pathPrefix"
                 ));
             } else {
                 f.warnings.push(format!(
@@ -57,14 +57,14 @@ pub fn validate_policy(spec: &ResiliencePolicySpec) -> Findings {
             duplicate[j] = true;
             f.errors.push(format!(
                 "routes[{j}].match duplicates routes[{i}].match {}: only the first is used; merge them",
-                describe_match(matches[j])
+                matches[j].describe()
             ));
         }
     }
 
     // The order the sidecar tries routes in.
     let mut order: Vec<usize> = (0..matches.len()).collect();
-    order.sort_by_key(|&i| Reverse(specificity(matches[i])));
+    order.sort_by_key(|&i| Reverse(matches[i].specificity()));
     for (pos, &j) in order.iter().enumerate() {
         if never[j] || duplicate[j] {
             continue;
@@ -72,12 +72,12 @@ pub fn validate_policy(spec: &ResiliencePolicySpec) -> Findings {
         let shadow = order[..pos]
             .iter()
             .copied()
-            .find(|&i| !never[i] && covers(matches[i], matches[j]));
+            .find(|&i| !never[i] && matches[i].covers(matches[j]));
         if let Some(i) = shadow {
             f.errors.push(format!(
                 "routes[{j}] {} can never match: routes[{i}] {} is tried first and matches every request it would; remove routes[{j}] or narrow routes[{i}]",
-                describe_match(matches[j]),
-                describe_match(matches[i])
+                matches[j].describe(),
+                matches[i].describe()
             ));
         }
     }
@@ -94,36 +94,10 @@ fn same(a: &RouteMatch, b: &RouteMatch) -> bool {
     norm(a) == norm(b)
 }
 
-/// Whether `path` is `prefix` or below it, by whole segments.
-fn under(path: &str, prefix: &str) -> bool {
-    prefix == "/"
-        || path == prefix
-        || (path.starts_with(prefix)
-            && (prefix.ends_with('/') || path[prefix.len()..].starts_with('/')))
-}
-
-/// Whether every request `b` matches is also matched by `a`.
-fn covers(a: &RouteMatch, b: &RouteMatch) -> bool {
-    let methods = a.methods.is_empty()
-        || (!b.methods.is_empty() && b.methods.iter().all(|m| a.methods.contains(m)));
-    if !methods {
-        return false;
-    }
-    match (&a.path, &a.path_prefix) {
-        (Some(exact), _) => b.path.as_deref() == Some(exact.as_str()),
-        (None, Some(prefix)) => match (&b.path, &b.path_prefix) {
-            (Some(p), _) => under(p, prefix),
-            (None, Some(q)) => under(q, prefix),
-            (None, None) => false,
-        },
-        (None, None) => true,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_api::crd::{Method, RouteSpec};
+    use crate::crd::{Method, RouteSpec};
 
     fn route(prefix: Option<&str>, path: Option<&str>, methods: &[Method]) -> RouteSpec {
         RouteSpec {
@@ -155,7 +129,7 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_are_denied() {
+    fn duplicates_are_errors() {
         let f = validate_policy(&spec(vec![
             route(Some("/a"), None, &[Method::Get, Method::Post]),
             route(Some("/a"), None, &[Method::Post, Method::Get]),
@@ -197,6 +171,17 @@ mod tests {
         let f = validate_policy(&spec(vec![route(Some("/a"), Some("/b"), &[])]));
         assert_eq!(f.errors.len(), 1);
         assert!(f.errors[0].contains("can never match"));
+        // A text prefix that is not a segment prefix: the sidecar never matches it either.
+        let f = validate_policy(&spec(vec![route(Some("/ap"), Some("/api"), &[])]));
+        assert_eq!(f.errors.len(), 1, "{f:?}");
+        assert!(
+            !RouteMatch {
+                path_prefix: Some("/ap".into()),
+                path: Some("/api".into()),
+                methods: vec![],
+            }
+            .matches("GET", "/api")
+        );
         let f = validate_policy(&spec(vec![route(Some("/a"), Some("/a/b"), &[])]));
         assert!(f.errors.is_empty());
         assert_eq!(f.warnings.len(), 1);
