@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
@@ -198,6 +199,37 @@ impl Check for BrokerCheck {
             }
         })
     }
+}
+
+/// A server-named queue only this connection sees, deleted with it, and a
+/// consumer on it without acknowledgements: for replies and for fan-out
+/// to every replica.
+pub async fn exclusive_consumer(
+    channel: &lapin::Channel,
+) -> lapin::Result<(ShortString, lapin::Consumer)> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((queue.name().clone(), consumer))
 }
 
 /// Message headers carrying the current span's trace context.

@@ -1,12 +1,10 @@
 //! The server and the HTTP client over real loopback connections: problem
 //! answers, trace propagation, the proxy settings, graceful shutdown.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::routing::{get, post};
 use serde::Deserialize;
 use shop_common::config::ProxySettings;
@@ -14,28 +12,7 @@ use shop_common::extract::{Json, Query};
 use shop_common::health::Health;
 use shop_common::http_client::HttpClient;
 use shop_common::server::{self, App};
-use shop_testkit::{Running, assert_problem, http};
-
-type Seen = Arc<Mutex<Vec<(String, HeaderMap)>>>;
-
-/// A plain server that records each request's URI (absolute-form when it
-/// came through as a proxy) and headers.
-async fn recorder() -> (Running, Seen) {
-    let seen = Seen::default();
-    let record = seen.clone();
-    let app = Router::new().fallback(move |req: Request| {
-        let record = record.clone();
-        async move {
-            record
-                .lock()
-                .unwrap()
-                .push((req.uri().to_string(), req.headers().clone()));
-            "recorded"
-        }
-    });
-    let running = Running::router(app).await;
-    (running, seen)
-}
+use shop_testkit::{Running, assert_problem, get_json, http, recorder};
 
 /// Serves `router` the way every service is served.
 async fn start(router: Router) -> Running {
@@ -235,14 +212,7 @@ async fn health_and_openapi_are_served() {
         .await
         .unwrap();
     assert_eq!(live.status(), 200);
-    let ready: serde_json::Value = http()
-        .get(service.url("/health/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: serde_json::Value = get_json(&service.url("/health/ready")).await;
     assert_eq!(ready["status"], "UP");
     let doc = http()
         .get(service.url("/openapi.json"))

@@ -227,6 +227,21 @@ pub fn http() -> reqwest::Client {
         .expect("building an HTTP client")
 }
 
+/// GETs `url`, expecting 200; its JSON body.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let (status, body) = send(http().get(url)).await;
+    assert_eq!(status, 200, "GET {url}: {body}");
+    body
+}
+
+/// Sends a request; its status and JSON body (`null` when not JSON).
+pub async fn send(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let response = request.send().await.expect("sending a request");
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
 /// A loopback address nothing listens on.
 pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -284,6 +299,27 @@ pub async fn silent_server() -> (SocketAddr, JoinHandle<()>) {
         }
     });
     (addr, task)
+}
+
+/// What a [`recorder`] saw: each request's URI (absolute-form when it came
+/// as to a proxy) and headers.
+pub type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap)>>>;
+
+/// A server that records every request and answers `recorded`.
+pub async fn recorder() -> (Running, Seen) {
+    let seen = Seen::default();
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let record = record.clone();
+        async move {
+            record
+                .lock()
+                .unwrap()
+                .push((req.uri().to_string(), req.headers().clone()));
+            "recorded"
+        }
+    });
+    (Running::router(app).await, seen)
 }
 
 /// Stands in for the orders service (not part of this suite yet) with the

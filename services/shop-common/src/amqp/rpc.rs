@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{Broker, extract_trace, trace_headers};
+use super::{Broker, exclusive_consumer, extract_trace, trace_headers};
 use crate::problem::{self, Problem};
 
 const JSON: &str = "application/json";
@@ -196,30 +196,9 @@ impl RpcClient {
                     channel
                         .confirm_select(ConfirmSelectOptions::default())
                         .await?;
-                    let queue = channel
-                        .queue_declare(
-                            "".into(),
-                            QueueDeclareOptions {
-                                exclusive: true,
-                                auto_delete: true,
-                                ..Default::default()
-                            },
-                            FieldTable::default(),
-                        )
-                        .await?;
-                    let consumer = channel
-                        .basic_consume(
-                            queue.name().clone(),
-                            "".into(),
-                            BasicConsumeOptions {
-                                no_ack: true,
-                                ..Default::default()
-                            },
-                            FieldTable::default(),
-                        )
-                        .await?;
+                    let (queue, consumer) = exclusive_consumer(&channel).await?;
                     tokio::spawn(route_replies(consumer, pending));
-                    reply.send_replace(Some((channel, queue.name().as_str().to_string())));
+                    reply.send_replace(Some((channel, queue.as_str().to_string())));
                     Ok(())
                 })
             })
