@@ -6,6 +6,7 @@
 #   eval "$(bash services/testenv/testenv.sh up)"   # start; prints export lines
 #   bash services/testenv/testenv.sh down           # stop both, remove the dir
 #   bash services/testenv/testenv.sh deps           # apt-get install them
+#   bash services/testenv/testenv.sh rabbitmqctl …  # against the test broker
 #
 # `up` exports SHOP_TEST_POSTGRES_URL (a superuser URL; each test creates its
 # own database), SHOP_TEST_AMQP_URL and SHOP_TESTENV_DIR (logs are in there).
@@ -120,6 +121,17 @@ EOF
   wait_for_port "$amqp" "rabbitmq" 1200 || { tail -n 50 "$r/log/startup.log" >&2; die "rabbitmq did not start"; }
 }
 
+# rabbitmqctl against our node (needs SHOP_TESTENV_DIR).
+rabbit_ctl() {
+  local dir=${SHOP_TESTENV_DIR:-}
+  [[ -n $dir && -f $dir/rabbit/env ]] || die "no test broker (set SHOP_TESTENV_DIR)"
+  (
+    while IFS= read -r line; do export "${line?}"; done <"$dir/rabbit/env"
+    cd "$dir/rabbit"
+    as_user rabbitmq "$(rabbit_bin)/rabbitmqctl" -q "$@"
+  )
+}
+
 rabbit_down() {
   local dir=$1 r=$1/rabbit
   [[ -f $r/env ]] || return 0
@@ -178,5 +190,6 @@ case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down "${2:-}" ;;
   deps) cmd_deps ;;
-  *) die "usage: $0 up|down [dir]|deps" ;;
+  rabbitmqctl) shift; rabbit_ctl "$@" ;;
+  *) die "usage: $0 up|down [dir]|deps|rabbitmqctl …" ;;
 esac

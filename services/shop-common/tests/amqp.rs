@@ -136,3 +136,50 @@ async fn no_broker_means_not_ready() {
     assert!(matches!(err, RpcError::NotConnected), "{err}");
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn reconnects_and_sets_up_again_when_the_connection_drops() {
+    let name = format!("reconnect-{}", uuid::Uuid::new_v4().simple());
+    let Some((broker, shutdown)) = broker(&name).await else {
+        return;
+    };
+    if shop_testkit::testenv_var("SHOP_TESTENV_DIR").is_none() {
+        return;
+    }
+    let setups = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = setups.clone();
+    broker
+        .on_connect(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        })
+        .await
+        .unwrap();
+    let queue = unique_queue("again");
+    rpc::serve(&broker, queue, 1, |_| async { Reply::Ok(json!("pong")) })
+        .await
+        .unwrap();
+    let client = RpcClient::new(&broker).await.unwrap();
+    let empty = json!({});
+    let ping = || client.call::<_, Value>(queue, &empty, Duration::from_secs(2));
+    assert_eq!(ping().await.unwrap(), "pong");
+
+    let closed = tokio::task::spawn_blocking(move || shop_testkit::close_broker_connections(&name))
+        .await
+        .unwrap();
+    assert_eq!(closed, 1);
+    // The supervisor notices, reconnects and runs every setup again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while setups.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(broker.connection(Duration::from_secs(5)).await.is_some());
+    assert!(BrokerCheck(broker.clone()).check().await.is_ok());
+    assert_eq!(
+        ping().await.unwrap(),
+        "pong",
+        "request-reply works again on the new connection"
+    );
+    shutdown.cancel();
+}

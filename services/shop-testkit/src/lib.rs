@@ -44,6 +44,39 @@ pub fn amqp_url() -> Option<String> {
     testenv_var("SHOP_TEST_AMQP_URL")
 }
 
+/// Has the test broker close every connection whose client named itself
+/// `name`, as a network failure would; how many it closed.
+pub fn close_broker_connections(name: &str) -> usize {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../testenv/testenv.sh");
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg("rabbitmqctl")
+            .args(args)
+            .output()
+            .expect("running rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listing = ctl(&["list_connections", "pid", "client_properties"]);
+    let pids: Vec<String> = listing
+        .lines()
+        .filter(|line| line.contains(&format!("{{\"connection_name\",\"{name}\"}}")))
+        .filter_map(|line| line.split('\t').next().map(str::to_string))
+        .collect();
+    for pid in &pids {
+        ctl(&["close_connection", pid, "closed by a test"]);
+    }
+    if pids.is_empty() {
+        eprintln!("no connection named {name:?} in:\n{listing}");
+    }
+    pids.len()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
