@@ -112,6 +112,17 @@ async fn register(
     Ok(response)
 }
 
+/// A caller the gateway authenticated (`X-User-Id`) may read only its own
+/// account; calls without the header come from inside the shop.
+fn only_own(headers: &HeaderMap, id: &str) -> Result<(), Problem> {
+    match headers.get("x-user-id").map(|v| v.to_str().unwrap_or("")) {
+        Some(caller) if caller != id => Err(Problem::new(StatusCode::FORBIDDEN)
+            .with_type("urn:shop:problem:forbidden")
+            .with_detail("a user may only read their own account")),
+        _ => Ok(()),
+    }
+}
+
 async fn find(state: &AppState, id: &str) -> Result<Account, Problem> {
     state
         .accounts
@@ -122,11 +133,15 @@ async fn find(state: &AppState, id: &str) -> Result<Account, Problem> {
 
 /// One user.
 #[utoipa::path(get, path = "/api/v1/users/{id}", params(("id" = String, Path)),
-    responses((status = 200, body = UserView), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = UserView),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_user(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<UserView>, Problem> {
+    only_own(&headers, &id)?;
     Ok(Json(UserView::of(&find(&state, &id).await?)))
 }
 
@@ -194,6 +209,7 @@ pub struct UserOrders {
 /// A user's orders, from the orders service (503 when it cannot answer).
 #[utoipa::path(get, path = "/api/v1/users/{id}/orders", params(("id" = String, Path)),
     responses((status = 200, body = UserOrders),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json")))]
 async fn user_orders(
@@ -201,6 +217,7 @@ async fn user_orders(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<UserOrders>, Problem> {
+    only_own(&headers, &id)?;
     let account = find(&state, &id).await?;
     let orders = state
         .orders

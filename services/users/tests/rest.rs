@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use shop_common::auth::Tokens;
 use shop_testkit::{
-    OrdersStandIn, Running, TestDb, assert_problem, closed_port, db_tests, get_json, http,
+    OrdersStandIn, Running, TestDb, assert_problem, closed_port, db_tests, get_json, http, send,
     silent_server,
 };
 use sqlx::Row;
@@ -79,6 +79,28 @@ async fn registers_and_reads_a_user(db: TestDb) {
 
     let fetched: Value = get_json(&svc.url(&location)).await;
     assert_eq!(fetched, user);
+    // Authenticated by the gateway as someone else: not theirs to read.
+    let (status, _) = send(
+        http()
+            .get(svc.url(&location))
+            .header("x-user-id", "usr_other"),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = send(
+        http()
+            .get(svc.url(&format!("{location}/orders")))
+            .header("x-user-id", "usr_other"),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = send(
+        http()
+            .get(svc.url(&location))
+            .header("x-user-id", user["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(status, 200);
     assert_problem(
         http()
             .get(svc.url("/api/v1/users/usr_nobody"))
