@@ -14,6 +14,7 @@
 # so as root each runs as the account its package created.
 set -euo pipefail
 
+MARKER=.shop-testenv
 log() { echo "testenv: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -166,6 +167,7 @@ cmd_up() {
   local dir pg amqp dist epmd
   dir=$(mktemp -d /tmp/shop-testenv.XXXXXX)
   chmod 755 "$dir"
+  touch "$dir/$MARKER"
   read -r pg amqp dist epmd <<<"$(pick_ports 4)"
   pg_up "$dir" "$pg" || { cmd_down "$dir"; exit 1; }
   rabbit_up "$dir" "$amqp" "$dist" "$epmd" || { cmd_down "$dir"; exit 1; }
@@ -180,6 +182,7 @@ EOF
 cmd_down() {
   local dir=${1:-${SHOP_TESTENV_DIR:-}}
   [[ -n $dir && -d $dir ]] || die "no testenv dir (set SHOP_TESTENV_DIR)"
+  [[ -f $dir/$MARKER ]] || die "$dir was not made by testenv.sh up; not removing it"
   rabbit_down "$dir"
   pg_down "$dir"
   rm -rf "$dir"
