@@ -6,19 +6,13 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use shop_common::config::{DatabaseSettings, ProxySettings, ServerSettings};
+use shop_common::config::ProxySettings;
 use shop_proto::product::v1::GetProductRequest;
 use shop_proto::product::v1::product_service_client::ProductServiceClient;
-use shop_testkit::{OrdersStandIn, Running, TestDb, http, wait_ready};
+use shop_testkit::{TestDb, http};
 
-const SECRET: &str = "latency run secret, at least 32 bytes";
-
-fn server() -> ServerSettings {
-    ServerSettings {
-        listen: "127.0.0.1:0".parse().expect("an address"),
-        shutdown_grace: Duration::from_secs(1),
-    }
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 /// Runs `call` `n` times after a warm-up; prints p50/p90/p99/max.
 async fn measure<F, Fut>(name: &str, n: usize, mut call: F)
@@ -53,40 +47,12 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(2000);
-    let (products_db, users_db) = (TestDb::sqlite(), TestDb::sqlite());
-    let products_config = products::Config {
-        server: server(),
-        database: DatabaseSettings::new(&products_db.url),
-        amqp_url: None,
-    };
-    let products = Running::start(move |l, s| products::run(products_config, l, s)).await;
-    let orders = OrdersStandIn::start(vec![]).await;
-    let users_config = users::Config {
-        server: server(),
-        database: DatabaseSettings::new(&users_db.url),
-        proxy: ProxySettings::default(),
-        jwt_secret: SECRET.into(),
-        token_ttl: Duration::from_secs(3600),
-        orders_url: orders.running.url(""),
-        orders_timeout: Duration::from_secs(2),
-    };
-    let users = Running::start(move |l, s| users::run(users_config, l, s)).await;
-    wait_ready(&products.url("/health/ready")).await;
-    wait_ready(&users.url("/health/ready")).await;
-    let mut config = gateway::Config::from_env(&shop_common::config::Env::from_pairs([(
-        "JWT_SECRET",
-        SECRET,
-    )]))
-    .expect("a gateway config");
-    config.server = server();
-    config.users_url = users.url("");
-    config.products_url = products.url("");
-    config.orders_url = orders.running.url("");
-    config.rate_per_second = std::num::NonZeroU32::MAX;
-    config.rate_burst = std::num::NonZeroU32::MAX;
-    let gateway = Running::start(move |l, s| gateway::run(config, l, s)).await;
-    wait_ready(&gateway.url("/health/ready")).await;
-
+    let shop = common::Shop::start_with(TestDb::sqlite(), |c| {
+        c.rate_per_second = std::num::NonZeroU32::MAX;
+        c.rate_burst = std::num::NonZeroU32::MAX;
+    })
+    .await;
+    let (products, gateway) = (&shop.products, &shop.gateway);
     let client = http();
     let get = |url: String| {
         let client = client.clone();
