@@ -12,6 +12,7 @@ use shop_testkit::{Running, TestDb, db_tests, http, send};
 use tonic::Code;
 
 db_tests!(
+    joins_the_callers_trace,
     gets_and_searches,
     rejects_bad_searches,
     price_updates_stream_within_a_second,
@@ -23,6 +24,29 @@ type Client = ProductServiceClient<shop_common::grpc::TracedChannel>;
 fn client(svc: &Running) -> Client {
     let channel = shop_common::grpc::channel(&svc.url(""), &ProxySettings::default()).unwrap();
     ProductServiceClient::new(channel)
+}
+
+async fn joins_the_callers_trace(db: TestDb) {
+    let svc = common::start(&db, None).await;
+    let mut request = tonic::Request::new(GetProductRequest {
+        product_id: "prod_001".into(),
+    });
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    // A plain channel: the caller's own traceparent, nothing added.
+    let channel = tonic::transport::Endpoint::from_shared(svc.url(""))
+        .unwrap()
+        .connect_lazy();
+    let response = ProductServiceClient::new(channel)
+        .get_product(request)
+        .await
+        .unwrap();
+    assert_eq!(response.metadata().get("x-trace-id").unwrap(), trace_id);
 }
 
 async fn gets_and_searches(db: TestDb) {
