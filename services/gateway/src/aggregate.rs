@@ -24,7 +24,8 @@ use crate::routes::Upstream;
 pub struct Warning {
     /// The part that is missing, e.g. `product prod_007` or `inventory`.
     pub part: String,
-    /// The status it came with (0 when there was no answer).
+    /// The status it came with, or the gateway's own (503, 504, 502) when
+    /// the service gave no answer.
     pub status: u16,
     pub detail: String,
 }
