@@ -56,7 +56,13 @@ pub async fn connect(
     let deadline = tokio::time::Instant::now() + settings.startup_timeout;
     let mut delay = Duration::from_millis(100);
     loop {
-        match try_connect(settings).await {
+        // One attempt may not outlast the whole allowance.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt = left.clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let tried = tokio::time::timeout(attempt, try_connect(settings))
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+        match tried {
             Ok(pool) => {
                 migrator
                     .run(&pool)

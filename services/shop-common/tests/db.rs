@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use shop_common::config::DatabaseSettings;
 use shop_common::db::{self, DatabaseCheck};
-use shop_common::health::Check;
+use shop_common::health::{Check, Health};
 use shop_testkit::{Backend, TestDb, db_tests};
 use sqlx::Row;
 
@@ -93,8 +93,9 @@ async fn readiness_fails_when_the_database_goes_away() {
     let pool = db::connect(&DatabaseSettings::new(&test_db.url), &MIGRATOR)
         .await
         .unwrap();
-    let check = DatabaseCheck(pool.clone());
-    assert!(check.check().await.is_ok());
+    let health = Health::new().with_check(DatabaseCheck(pool.clone()));
+    let (ready, checks) = health.report().await;
+    assert!(ready, "{checks:?}");
     let name = test_db.url.rsplit('/').next().unwrap().to_string();
     let admin = std::env::var("SHOP_TEST_POSTGRES_URL").unwrap();
     let admin = sqlx::PgPool::connect(&admin).await.unwrap();
@@ -104,8 +105,9 @@ async fn readiness_fails_when_the_database_goes_away() {
     .execute(&admin)
     .await
     .unwrap();
-    let reason = check.check().await.unwrap_err();
-    assert!(!reason.is_empty());
+    let (ready, checks) = health.report().await;
+    assert!(!ready);
+    assert_eq!(checks["database"]["status"], "DOWN", "{checks:?}");
 }
 
 #[tokio::test]
