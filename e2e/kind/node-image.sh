@@ -74,17 +74,26 @@ total=$SECONDS
 step=$SECONDS
 lap() { log "$1 in $((SECONDS - step)) s"; step=$SECONDS; }
 
-# 1. rootfs, from the machine's own Debian mirror.
-mirror="$(awk '/^URIs:/ { print $2; exit } /^deb / { print $2; exit }' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -n1)"
-mirror="${TRELLIS_KIND_DEBIAN_MIRROR:-${mirror:-http://deb.debian.org/debian}}"
-log "debootstrap $SUITE from $mirror ..."
-debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
-  || { tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
-rm -rf "$work/rootfs/var/cache/apt/archives"/*.deb "$work/rootfs/var/lib/apt/lists"/*
-ROOTFS="trellis/kind-rootfs:$key"
-tar -C "$work/rootfs" -c . | "$DOCKER" import - "$ROOTFS" >/dev/null
+# 1. rootfs, from the machine's own Debian mirror; cached on its own, so a
+#    change to the rest of the recipe does not debootstrap again.
+ROOTFS_KEY="$(echo "$SUITE $PACKAGES" | sha256sum | cut -c1-12)"
+ROOTFS="trellis/kind-rootfs:$ROOTFS_KEY"
+ROOTFS_TAR="$cache/images/kind-rootfs-$SUITE-$ROOTFS_KEY.tar.gz"
+if [[ ! -f "$ROOTFS_TAR" ]]; then
+  mirror="$(awk '/^URIs:/ { print $2; exit } /^deb / { print $2; exit }' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -n1)"
+  mirror="${TRELLIS_KIND_DEBIAN_MIRROR:-${mirror:-http://deb.debian.org/debian}}"
+  log "debootstrap $SUITE from $mirror ..."
+  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
+    || { tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
+  rm -rf "$work/rootfs/var/cache/apt/archives"/*.deb "$work/rootfs/var/lib/apt/lists"/*
+  mkdir -p "$(dirname "$ROOTFS_TAR")"
+  rm -f "$cache/images/kind-rootfs-$SUITE"-*.tar.gz
+  tar -C "$work/rootfs" -c . | gzip -1 >"$ROOTFS_TAR.tmp"
+  mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
+  rm -rf "$work/rootfs"
+fi
+"$DOCKER" import - "$ROOTFS" <"$ROOTFS_TAR" >/dev/null
 tags+=("$ROOTFS")
-rm -rf "$work/rootfs"
 lap "rootfs $ROOTFS"
 
 # 2. base: kind's files (modes set here; the legacy builder keeps them) and ours.

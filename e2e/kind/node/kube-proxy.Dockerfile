@@ -6,10 +6,11 @@ FROM ${ROOTFS} AS tools
 RUN set -eu; \
     mkdir -p /out; \
     progs="/usr/sbin/xtables-nft-multi /usr/sbin/conntrack"; \
-    for f in $progs $(ldd $progs | awk '/=>/ { print $3 } /ld-linux/ { print $1 }' | sort -u); do \
+    # The match/target extensions (statistic, comment, ...) are loaded at run time: their libraries too.
+    exts="$(ls /usr/lib/x86_64-linux-gnu/xtables/*.so)"; \
+    for f in $progs $exts $(ldd $progs $exts | awk '/=>/ { print $3 } /ld-linux/ { print $1 }' | sort -u); do \
       cp -L --parents "$f" /out/; \
     done; \
-    cp -a --parents /usr/lib/x86_64-linux-gnu/xtables /out/ 2>/dev/null || true; \
     cd /out/usr/sbin; \
     for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore \
              iptables-nft iptables-nft-save iptables-nft-restore ip6tables-nft ip6tables-nft-save ip6tables-nft-restore; do \
