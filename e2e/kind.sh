@@ -51,7 +51,13 @@ tools() {
   export PATH="$STATE/bin:$PATH"
 }
 
-kubectl() { "$KUBE_BIN/kubectl" --kubeconfig "$STATE/kubeconfig" "$@"; }
+# Our cluster's kubeconfig; for a cluster `up` did not make (restart-apiserver
+# on someone's own kind), the usual one.
+kubectl() {
+  local config="$STATE/kubeconfig"
+  [[ -f "$config" ]] || config="${KUBECONFIG:-$HOME/.kube/config}"
+  "$KUBE_BIN/kubectl" --kubeconfig "$config" "$@"
+}
 
 deps() {
   local need=()
