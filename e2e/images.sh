@@ -18,6 +18,9 @@ cd "$root"
 DOCKER="${DOCKER:-$(command -v /usr/bin/docker || command -v docker)}"
 TAG="${TRELLIS_IMAGE_TAG:-dev}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+# Release builds, kept incremental: a fresh clone (new mtimes, same sources)
+# then rebuilds in seconds instead of minutes. Set it to false for a clean build.
+export CARGO_PROFILE_RELEASE_INCREMENTAL="${CARGO_PROFILE_RELEASE_INCREMENTAL:-true}"
 
 # NAME      CARGO PACKAGE       BINARY (its first argument, if any, after ;)
 table="
