@@ -77,10 +77,15 @@ USER $UID_GID:$UID_GID
 ENTRYPOINT ["/usr/local/bin/${binary[$n]}"]
 EOF
   image="trellis/$n:$TAG"
+  previous="$("$DOCKER" image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
   DOCKER_BUILDKIT=0 "$DOCKER" build -q \
     --label "org.opencontainers.image.source=trellis" \
     --label "org.opencontainers.image.revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     -t "$image" "$ctx" >/dev/null
+  # The image this one replaces would be left untagged: remove it (unless a container uses it).
+  if [[ -n "$previous" && "$previous" != "$("$DOCKER" image inspect -f '{{.Id}}' "$image")" ]]; then
+    "$DOCKER" rmi "$previous" >/dev/null 2>&1 || true
+  fi
   size="$("$DOCKER" image inspect -f '{{.Size}}' "$image")"
   log "$(awk -v i="$image" -v s="$size" 'BEGIN { printf "%-26s %6.1f MB", i, s / 1e6 }')"
   echo "$image"

@@ -147,6 +147,9 @@ tags+=("registry.k8s.io/pause:3.10")
 proxy_ctx="$(mktemp -d "$work/c.XXXXXX")"
 cp "$KUBE_BIN/kube-proxy" "$proxy_ctx/"
 cp "$here/node/kube-proxy.Dockerfile" "$proxy_ctx/Dockerfile"
+# Its first stage is tagged too, so that cleaning up leaves no untagged image behind.
+DOCKER_BUILDKIT=0 "$DOCKER" build -q --build-arg ROOTFS="$ROOTFS" --target tools -t "trellis/kind-proxy-tools:$key" "$proxy_ctx" >/dev/null
+tags+=("trellis/kind-proxy-tools:$key")
 DOCKER_BUILDKIT=0 "$DOCKER" build -q --build-arg ROOTFS="$ROOTFS" -t "registry.k8s.io/kube-proxy:$KUBE_VERSION" "$proxy_ctx" >/dev/null
 tags+=("registry.k8s.io/kube-proxy:$KUBE_VERSION")
 for t in "${tags[@]}"; do
