@@ -7,6 +7,7 @@
 //! except under CI, where a missing control plane is a failure, not a skip.
 
 pub mod cluster;
+pub mod delivery;
 
 use std::path::PathBuf;
 use std::process::Command;
