@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod delivery;
+pub mod local;
 
 use std::path::PathBuf;
 use std::process::Command;

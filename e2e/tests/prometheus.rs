@@ -7,28 +7,20 @@
 //! fallback) and `slow` (a bulkhead of one); each service's app is the e2e
 //! echo server behind its own sidecar, and each sidecar is scraped with the
 //! `namespace` and `service` labels the chart's PodMonitor gives in a cluster.
-//!
-//! The proxy binary is the workspace's (`cargo test --workspace` builds it;
-//! alone: `cargo build -p trellis-proxy`), or `TRELLIS_PROXY_BIN`.
+//! The processes come from `trellis_e2e::local`.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::task::JoinSet;
-use trellis_api::crd::{MeshService, ResiliencePolicy};
+use trellis_api::crd::ResiliencePolicy;
 use trellis_api::parse::from_yaml;
-use trellis_api::proxy::Listeners;
-use trellis_api::render::{self, DiscoveryMode, Settings};
 use trellis_e2e::delivery::{Dashboard, expand_variables};
+use trellis_e2e::local::{NAMESPACE, Process, Sidecar, free_port, start_echo, start_sidecar};
 use trellis_e2e_app::api::{FAULT_PATH, Fault};
-use trellis_e2e_app::echo::{self, EchoState};
-
-const NAMESPACE: &str = "shop";
 /// Scrapes every second; rates over this window see several samples.
 const RATE_WINDOW: &str = "20s";
 
@@ -74,45 +66,6 @@ spec:
   inbound: {rateLimit: {requestsPerSecond: 1000, burst: 1000}}
 "#;
 
-/// Kills the process when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A running sidecar and the service it belongs to.
-struct Sidecar {
-    service: &'static str,
-    inbound: SocketAddr,
-    outbound: SocketAddr,
-    admin: SocketAddr,
-    _process: Process,
-}
-
-fn proxy_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("TRELLIS_PROXY_BIN") {
-        return bin.into();
-    }
-    // target/debug/deps/<this test> -> target/debug/trellis-proxy
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("trellis-proxy");
-    assert!(
-        bin.exists(),
-        "{} is missing: cargo build -p trellis-proxy (or set TRELLIS_PROXY_BIN)",
-        bin.display()
-    );
-    bin
-}
-
 /// Debian's Prometheus, or `None` (after saying so) outside CI.
 fn prometheus_binary() -> Option<PathBuf> {
     let bin = std::env::var_os("TRELLIS_PROMETHEUS")
@@ -132,101 +85,6 @@ fn prometheus_binary() -> Option<PathBuf> {
         bin.display()
     );
     None
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_echo(name: &str) -> (SocketAddr, Arc<EchoState>) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let state = EchoState::new(name.to_string(), "1".into());
-    tokio::spawn(echo::serve(addr, state.clone()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "echo {name} did not listen");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (addr, state)
-}
-
-/// Starts `trellis-proxy` for `service` (its app on `app`), with static
-/// discovery of `upstreams`, on a config rendered as the operator renders it.
-fn start_sidecar(
-    service: &'static str,
-    app: SocketAddr,
-    upstreams: &[(&str, Vec<SocketAddr>)],
-    policies: &[ResiliencePolicy],
-    dir: &std::path::Path,
-) -> Sidecar {
-    let names: Vec<&str> = upstreams.iter().map(|(n, _)| *n).collect();
-    let svc: MeshService = from_yaml(&format!(
-        "apiVersion: mesh.trellis.dev/v1alpha1\nkind: MeshService\n\
-         metadata: {{name: {service}, namespace: {NAMESPACE}}}\n\
-         spec: {{image: \"trellis/e2e-app:dev\", port: {port}, upstreams: {names:?}}}\n",
-        port = app.port(),
-    ))
-    .unwrap();
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let settings = Settings {
-        discovery: DiscoveryMode::Static(
-            upstreams
-                .iter()
-                .map(|(n, addrs)| (n.to_string(), addrs.iter().map(|a| a.to_string()).collect()))
-                .collect(),
-        ),
-        listeners: Some(Listeners {
-            inbound: loopback,
-            outbound: loopback,
-            admin: loopback,
-        }),
-        ..Settings::default()
-    };
-    let config = render::proxy_config(&svc, service, NAMESPACE, policies, &settings);
-    let path = dir.join(format!("{service}-{}.yaml", free_port()));
-    std::fs::write(&path, config.to_yaml()).unwrap();
-    let mut child = Command::new(proxy_binary())
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let process = Process(child);
-    // The start line names the bound addresses.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("outbound=") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("{service}: no start line"));
-    let addr = |key: &str| -> SocketAddr {
-        let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
-        line[at..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    Sidecar {
-        service,
-        inbound: addr("inbound="),
-        outbound: addr("outbound="),
-        admin: addr("admin="),
-        _process: process,
-    }
 }
 
 fn prometheus_config(sidecars: &[Sidecar]) -> String {
@@ -318,10 +176,10 @@ async fn every_mesh_panel_query_returns_series_from_real_sidecars() {
         assert!(rsp.status().is_success(), "{}: fault not set", state.pod);
     }
     let sidecars = vec![
-        start_sidecar("flaky", flaky_ok, &[], &policies, &dir),
-        start_sidecar("flaky", flaky_bad, &[], &policies, &dir),
-        start_sidecar("down", down, &[], &policies, &dir),
-        start_sidecar("slow", slow, &[], &policies, &dir),
+        start_sidecar("flaky", flaky_ok, &[], &policies, None, &dir),
+        start_sidecar("flaky", flaky_bad, &[], &policies, None, &dir),
+        start_sidecar("down", down, &[], &policies, None, &dir),
+        start_sidecar("slow", slow, &[], &policies, None, &dir),
     ];
     let upstreams = vec![
         ("flaky", vec![sidecars[0].inbound, sidecars[1].inbound]),
@@ -329,7 +187,7 @@ async fn every_mesh_panel_query_returns_series_from_real_sidecars() {
         ("slow", vec![sidecars[3].inbound]),
     ];
     let mut sidecars = sidecars;
-    sidecars.push(start_sidecar("web", web, &upstreams, &policies, &dir));
+    sidecars.push(start_sidecar("web", web, &upstreams, &policies, None, &dir));
     let caller = sidecars.last().unwrap().outbound;
     let web_inbound = sidecars.last().unwrap().inbound;
 
