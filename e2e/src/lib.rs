@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod delivery;
 pub mod local;
+pub mod prometheus;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -9,20 +9,17 @@
 //! `namespace` and `service` labels the chart's PodMonitor gives in a cluster.
 //! The processes come from `trellis_e2e::local`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio::task::JoinSet;
 use trellis_api::crd::ResiliencePolicy;
 use trellis_api::parse::from_yaml;
-use trellis_e2e::delivery::{Dashboard, expand_variables};
-use trellis_e2e::local::{NAMESPACE, Process, Sidecar, free_port, start_echo, start_sidecar};
+use trellis_e2e::delivery::Dashboard;
+use trellis_e2e::local::{NAMESPACE, start_echo, start_sidecar};
+use trellis_e2e::prometheus::{self, Prometheus, Target};
 use trellis_e2e_app::api::{FAULT_PATH, Fault};
-/// Scrapes every second; rates over this window see several samples.
-const RATE_WINDOW: &str = "20s";
 
 const POLICIES: &str = r#"
 apiVersion: mesh.trellis.dev/v1alpha1
@@ -66,41 +63,6 @@ spec:
   inbound: {rateLimit: {requestsPerSecond: 1000, burst: 1000}}
 "#;
 
-/// Debian's Prometheus, or `None` (after saying so) outside CI.
-fn prometheus_binary() -> Option<PathBuf> {
-    let bin = std::env::var_os("TRELLIS_PROMETHEUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"));
-    if bin.exists() {
-        return Some(bin);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{} is missing: CI installs Debian's prometheus",
-            bin.display()
-        );
-    }
-    eprintln!(
-        "skipped: {} is missing (apt-get install prometheus)",
-        bin.display()
-    );
-    None
-}
-
-fn prometheus_config(sidecars: &[Sidecar]) -> String {
-    let mut targets = String::new();
-    for s in sidecars {
-        targets.push_str(&format!(
-            "      - targets: ['{}']\n        labels: {{namespace: {NAMESPACE}, service: {}}}\n",
-            s.admin, s.service
-        ));
-    }
-    format!(
-        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-         scrape_configs:\n  - job_name: trellis-proxy\n    static_configs:\n{targets}"
-    )
-}
-
 /// Calls through `via` (a sidecar's outbound, as the app's HTTP proxy) for
 /// `duration`, `concurrency` calls at a time.
 async fn load(via: SocketAddr, url: &'static str, concurrency: usize, duration: Duration) -> u64 {
@@ -130,26 +92,9 @@ async fn load(via: SocketAddr, url: &'static str, concurrency: usize, duration: 
     total
 }
 
-async fn query(client: &reqwest::Client, prometheus: SocketAddr, expr: &str) -> Vec<Value> {
-    let rsp: Value = client
-        .get(format!("http://{prometheus}/api/v1/query"))
-        .query(&[("query", expr)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(rsp["status"], "success", "{expr}: {rsp}");
-    rsp["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mesh_panel_query_returns_series_from_real_sidecars() {
-    let Some(prometheus_bin) = prometheus_binary() else {
+    let Some(prometheus_bin) = prometheus::binary() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("trellis-prometheus-{}", std::process::id()));
@@ -191,38 +136,19 @@ async fn every_mesh_panel_query_returns_series_from_real_sidecars() {
     let caller = sidecars.last().unwrap().outbound;
     let web_inbound = sidecars.last().unwrap().inbound;
 
-    let prom_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    std::fs::write(dir.join("prometheus.yml"), prometheus_config(&sidecars)).unwrap();
-    let _prometheus = Process(
-        Command::new(&prometheus_bin)
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={prom_addr}"))
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = http
-            .get(format!("http://{prom_addr}/-/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ready {
-            break;
-        }
-        assert!(Instant::now() < deadline, "Prometheus not ready in 30 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let targets: Vec<Target> = sidecars
+        .iter()
+        .map(|s| Target {
+            addr: s.admin,
+            labels: BTreeMap::from([
+                ("namespace", NAMESPACE.to_string()),
+                ("service", s.service.to_string()),
+            ]),
+        })
+        .collect();
+    let prom = Prometheus::start(&prometheus_bin, &targets, &dir)
+        .await
+        .unwrap();
 
     // Load on every path at once, for long enough to give rates several samples.
     let run = Duration::from_secs(15);
@@ -246,9 +172,9 @@ async fn every_mesh_panel_query_returns_series_from_real_sidecars() {
     // Two more scrapes after the load.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let targets = query(&http, prom_addr, "up").await;
-    assert_eq!(targets.len(), sidecars.len(), "scrape targets: {targets:?}");
-    assert!(targets.iter().all(|t| t["value"][1] == "1"), "{targets:?}");
+    let up = prom.query("up").await.unwrap();
+    assert_eq!(up.len(), sidecars.len(), "scrape targets: {up:?}");
+    assert!(up.iter().all(|t| t["value"][1] == "1"), "{up:?}");
 
     // The load made every mechanism act, not only register its series.
     for (what, expr) in [
@@ -271,12 +197,7 @@ async fn every_mesh_panel_query_returns_series_from_real_sidecars() {
             "max(max_over_time(trellis_endpoints{state=\"ejected\"}[1m]))",
         ),
     ] {
-        let result = query(&http, prom_addr, expr).await;
-        let value: f64 = result
-            .first()
-            .and_then(|r| r["value"][1].as_str())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
+        let value = prom.scalar(expr).await.unwrap();
         println!("{what}: {value}");
         assert!(value > 0.0, "{what}: {expr} = {value}");
     }
@@ -287,41 +208,11 @@ async fn every_mesh_panel_query_returns_series_from_real_sidecars() {
         if d.file == "operator.json" {
             continue;
         }
-        for (title, expr) in d.queries() {
-            let expr = expand_variables(&expr, RATE_WINDOW);
-            let series = query(&http, prom_addr, &expr).await;
-            println!("{:>4} series  {} / {title}", series.len(), d.file);
+        for e in prom.evaluate(&d).await.unwrap() {
+            println!("{:>4}  {} / {}", e.count, d.file, e.what);
             evaluated += 1;
-            if series.is_empty() {
-                empty.push(format!("{} / {title}: {expr}", d.file));
-            }
-        }
-        for var in ["namespace", "service"] {
-            let q = d.variable(var).unwrap()["query"]["query"].as_str().unwrap();
-            let (selector, label) = q
-                .strip_prefix("label_values(")
-                .and_then(|r| r.strip_suffix(')'))
-                .and_then(|r| r.rsplit_once(", "))
-                .unwrap();
-            let values: Vec<Value> = http
-                .get(format!("http://{prom_addr}/api/v1/label/{label}/values"))
-                .query(&[("match[]", expand_variables(selector, RATE_WINDOW))])
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()["data"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            println!(
-                "{:>4} values  {} / variable {var}: {values:?}",
-                values.len(),
-                d.file
-            );
-            if values.is_empty() {
-                empty.push(format!("{} / variable {var}: {q}", d.file));
+            if e.count == 0 {
+                empty.push(format!("{} / {}: {}", d.file, e.what, e.expr));
             }
         }
     }
