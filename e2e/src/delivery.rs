@@ -72,9 +72,23 @@ pub fn yaml_objects(text: &str) -> anyhow::Result<Vec<serde_yaml::Value>> {
 
 /// `helm template` of the trellis chart into `namespace`, with `--set` values, as objects.
 pub fn render_trellis(namespace: &str, sets: &[&str]) -> anyhow::Result<Vec<serde_yaml::Value>> {
-    let chart = trellis_chart();
+    render_chart(&trellis_chart(), "trellis", namespace, sets)
+}
+
+/// The shop chart.
+pub fn shop_chart() -> PathBuf {
+    repo_root().join("charts/shop")
+}
+
+/// `helm template` of `chart` as `release` into `namespace`, with `--set` values, as objects.
+pub fn render_chart(
+    chart: &Path,
+    release: &str,
+    namespace: &str,
+    sets: &[&str],
+) -> anyhow::Result<Vec<serde_yaml::Value>> {
     let chart = chart.to_str().context("chart path is not UTF-8")?;
-    let mut args = vec!["template", "trellis", chart, "--namespace", namespace];
+    let mut args = vec!["template", release, chart, "--namespace", namespace];
     for set in sets {
         args.extend(["--set", set]);
     }
@@ -106,6 +120,20 @@ pub fn find<'a>(
         ),
         _ => bail!("{} objects {id}", found.len()),
     }
+}
+
+/// The literal `value`s of an `env` list (a container's, a MeshService spec's), by name.
+pub fn env_values(env: &serde_yaml::Value) -> std::collections::BTreeMap<String, String> {
+    env.as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
 }
 
 /// A dashboard of `charts/trellis/dashboards/`.

@@ -3,11 +3,9 @@
 //! objects the operator needs, from the same sources as the plain manifests
 //! (crds/, operator/rbac.yaml).
 
-use std::collections::BTreeMap;
-
 use serde_yaml::Value;
 use trellis_e2e::delivery::{
-    Dashboard, find, helm, object_id, render_trellis, trellis_chart, yaml_objects,
+    Dashboard, env_values, find, helm, object_id, render_trellis, trellis_chart, yaml_objects,
 };
 use trellis_e2e::repo_root;
 
@@ -169,7 +167,7 @@ fn operator_runs_two_hardened_replicas_with_leader_election() {
     assert!(c["resources"]["requests"]["cpu"].is_string());
     assert!(c["resources"]["requests"]["memory"].is_string());
     assert!(c["resources"]["limits"]["memory"].is_string());
-    assert_eq!(env(c)["TRELLIS_LEADER_ELECTION"], "true");
+    assert_eq!(env_values(&c["env"])["TRELLIS_LEADER_ELECTION"], "true");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
 
     let pdb = find(&objects, "PodDisruptionBudget", "trellis-operator").unwrap();
@@ -186,20 +184,6 @@ fn operator_runs_two_hardened_replicas_with_leader_election() {
     // One replica: no budget that would block every drain.
     let single = render_trellis(NS, &["operator.replicas=1"]).unwrap();
     assert!(find(&single, "PodDisruptionBudget", "trellis-operator").is_err());
-}
-
-fn env(container: &Value) -> BTreeMap<String, String> {
-    container["env"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(|e| {
-            Some((
-                e["name"].as_str()?.to_string(),
-                e["value"].as_str()?.to_string(),
-            ))
-        })
-        .collect()
 }
 
 /// The selector's labels are all on the pod template.
@@ -290,7 +274,7 @@ fn values_reach_the_operator_and_its_sidecars() {
     let c = &find(&defaults, "Deployment", "trellis-operator").unwrap()["spec"]["template"]["spec"]
         ["containers"][0];
     assert_eq!(c["image"], "trellis/operator:dev");
-    let e = env(c);
+    let e = env_values(&c["env"]);
     assert_eq!(e["TRELLIS_PROXY_IMAGE"], "trellis/proxy:dev");
     assert_eq!(e["TRELLIS_PROXY_LOG_LEVEL"], "info");
     assert!(!e.contains_key("TRELLIS_PROXY_OTLP_ENDPOINT"));
@@ -311,7 +295,7 @@ fn values_reach_the_operator_and_its_sidecars() {
         [0];
     assert_eq!(c["image"], "trellis/operator:1.2.3");
     assert_eq!(c["resources"]["limits"]["memory"], "1Gi");
-    let e = env(c);
+    let e = env_values(&c["env"]);
     assert_eq!(e["TRELLIS_PROXY_IMAGE"], "example/proxy:4.5.6");
     assert_eq!(e["TRELLIS_PROXY_LOG_LEVEL"], "debug");
     assert_eq!(

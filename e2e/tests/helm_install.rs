@@ -1,4 +1,5 @@
 //! `helm install`, `helm upgrade` and `helm uninstall` of charts/trellis
+//! (and the shop chart's MeshServices on top)
 //! against a real API server: a control plane of its own
 //! (e2e/control-plane.sh), because the chart's webhooks and cluster-wide
 //! RBAC would reach into the other tests' namespaces on the shared one.
@@ -8,7 +9,7 @@
 use std::process::Command;
 
 use serde_json::Value;
-use trellis_e2e::delivery::{helm, object_id, render_trellis, trellis_chart};
+use trellis_e2e::delivery::{helm, object_id, render_trellis, shop_chart, trellis_chart};
 use trellis_e2e::{ControlPlane, repo_root};
 
 const NS: &str = "trellis-system";
@@ -143,6 +144,36 @@ fn helm_installs_upgrades_and_uninstalls_trellis() {
     }
     let deploy = cp.get("deployment", "trellis-operator", Some(NS)).unwrap();
     assert_eq!(proxy_log_level(&deploy), "info");
+
+    // The shop's MeshServices pass the installed CRDs' schema and CEL rules.
+    // Its policies wait for the operator: the validating webhook fails closed.
+    let shop = shop_chart();
+    let shop = shop.to_str().unwrap();
+    cp.helm(&[
+        "install",
+        "shop",
+        shop,
+        "-n",
+        "shop",
+        "--create-namespace",
+        "--set",
+        "policies.enabled=false",
+    ]);
+    for name in [
+        "gateway",
+        "users",
+        "products",
+        "orders",
+        "payments",
+        "notifications",
+    ] {
+        assert!(
+            cp.get("meshservice", name, Some("shop")).is_some(),
+            "MeshService {name}"
+        );
+    }
+    cp.helm(&["uninstall", "shop", "-n", "shop", "--wait"]);
+    assert!(cp.get("meshservice", "orders", Some("shop")).is_none());
 
     // The operator writes the webhook CA bundle; an upgrade must keep it.
     cp.kubectl(&[
