@@ -139,7 +139,10 @@ mod tests {
         );
         assert_eq!(
             r("/api/notifications?userId=u"),
-            Some((Upstream::Notifications, "/api/v1/notifications?userId=u".into()))
+            Some((
+                Upstream::Notifications,
+                "/api/v1/notifications?userId=u".into()
+            ))
         );
         assert_eq!(r("/api/usersX"), None);
         assert_eq!(r("/api/v1/users"), None);

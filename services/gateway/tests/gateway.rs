@@ -5,9 +5,11 @@
 
 mod common;
 
-use common::{gateway_config, start_gateway};
-use serde_json::Value;
-use shop_testkit::{assert_problem, closed_port, http};
+use std::time::Duration;
+
+use common::{gateway_config, start_gateway, tokens};
+use serde_json::{Value, json};
+use shop_testkit::{assert_problem, closed_port, get_json, http};
 
 #[tokio::test]
 async fn each_client_has_its_own_token_bucket() {

@@ -73,7 +73,10 @@ pub struct Notification {
 }
 
 /// What an event says to its user: `(user id, subject, body)`.
-pub fn compose(event_type: &str, data: &serde_json::Value) -> Result<(String, String, String), Failure> {
+pub fn compose(
+    event_type: &str,
+    data: &serde_json::Value,
+) -> Result<(String, String, String), Failure> {
     let text = |field: &str| {
         data[field]
             .as_str()
@@ -92,12 +95,18 @@ pub fn compose(event_type: &str, data: &serde_json::Value) -> Result<(String, St
         "OrderCreated" => (
             user,
             format!("Order {order} received"),
-            format!("Thank you! Your order {order} for {:.2} {currency} was received.", amount("totalAmount")?),
+            format!(
+                "Thank you! Your order {order} for {:.2} {currency} was received.",
+                amount("totalAmount")?
+            ),
         ),
         "PaymentProcessed" => (
             user,
             format!("Payment for order {order}"),
-            format!("We received your payment of {:.2} {currency} for order {order}.", amount("amount")?),
+            format!(
+                "We received your payment of {:.2} {currency} for order {order}.",
+                amount("amount")?
+            ),
         ),
         other => return Err(Failure::Reject(format!("no notification for {other}"))),
     })
@@ -215,7 +224,9 @@ async fn list_notifications(
 ) -> Result<Json<NotificationList>, Problem> {
     let user = match (shop_common::auth::caller(&headers), q.user_id) {
         (Some(c), Some(u)) if c != u => {
-            return Err(Problem::forbidden("a user may only read their own notifications"));
+            return Err(Problem::forbidden(
+                "a user may only read their own notifications",
+            ));
         }
         (Some(c), _) => c,
         (None, Some(u)) => u,
@@ -227,7 +238,11 @@ async fn list_notifications(
 }
 
 /// Runs the service with the log sender.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     run_with(config, listener, shutdown, Arc::new(LogSender)).await
 }
 
@@ -281,11 +296,25 @@ mod tests {
     fn events_become_messages() {
         let data = serde_json::json!({"orderId": "ord_1", "userId": "usr_1", "totalAmount": 109.97, "currency": "USD"});
         let (user, subject, body) = compose("OrderCreated", &data).unwrap();
-        assert_eq!((user.as_str(), subject.as_str()), ("usr_1", "Order ord_1 received"));
+        assert_eq!(
+            (user.as_str(), subject.as_str()),
+            ("usr_1", "Order ord_1 received")
+        );
         assert!(body.contains("109.97 USD"), "{body}");
         let paid = serde_json::json!({"orderId": "ord_1", "userId": "usr_1", "amount": 5.5, "currency": "EUR"});
-        assert!(compose("PaymentProcessed", &paid).unwrap().2.contains("5.50 EUR"));
-        assert!(matches!(compose("OrderCreated", &paid), Err(Failure::Reject(_))));
-        assert!(matches!(compose("InventoryUpdated", &data), Err(Failure::Reject(_))));
+        assert!(
+            compose("PaymentProcessed", &paid)
+                .unwrap()
+                .2
+                .contains("5.50 EUR")
+        );
+        assert!(matches!(
+            compose("OrderCreated", &paid),
+            Err(Failure::Reject(_))
+        ));
+        assert!(matches!(
+            compose("InventoryUpdated", &data),
+            Err(Failure::Reject(_))
+        ));
     }
 }

@@ -68,9 +68,7 @@ pub struct Orders {
 
 fn store_problem(e: StoreError) -> Problem {
     match e {
-        StoreError::Conflict {
-            stream, actual, ..
-        } => Problem::conflict(format!(
+        StoreError::Conflict { stream, actual, .. } => Problem::conflict(format!(
             "order {stream:?} changed meanwhile; its version is now {actual}"
         ))
         .with_extension("currentVersion", actual),
@@ -140,8 +138,10 @@ impl Orders {
             .unwrap_or_default();
         if reservation.items.iter().any(|i| i.currency != currency) {
             self.upstreams.release(&order_id, &forward).await;
-            return Err(Problem::field("items", "all products of an order must have one currency")
-                .with_status(StatusCode::UNPROCESSABLE_ENTITY));
+            return Err(
+                Problem::field("items", "all products of an order must have one currency")
+                    .with_status(StatusCode::UNPROCESSABLE_ENTITY),
+            );
         }
         let total = match total_cents(&reservation.items) {
             Ok(t) => t,
@@ -175,7 +175,8 @@ impl Orders {
             // A concurrent request with the same key recorded it first.
             Err(StoreError::Conflict { .. }) => {
                 let order = self.store.load(&order_id).await.map_err(store_problem)?;
-                let order = order.ok_or_else(|| Problem::internal(&"a conflicting order vanished"))?;
+                let order =
+                    order.ok_or_else(|| Problem::internal(&"a conflicting order vanished"))?;
                 return Ok(self.charged(order, &method, headers, true).await);
             }
             Err(e) => {
@@ -188,7 +189,13 @@ impl Orders {
     }
 
     /// Charges `order` unless it is past CREATED.
-    async fn charged(&self, order: Order, method: &str, headers: &HeaderMap, replayed: bool) -> Placed {
+    async fn charged(
+        &self,
+        order: Order,
+        method: &str,
+        headers: &HeaderMap,
+        replayed: bool,
+    ) -> Placed {
         let payment = if order.status == Status::Created {
             self.upstreams
                 .charge(&order, method, &forwarded(headers))
@@ -345,7 +352,11 @@ fn buyer(headers: &HeaderMap, request: &NewOrder) -> Result<String, Problem> {
 fn check(request: &NewOrder) -> Result<String, Problem> {
     let mut v = Violations::new();
     v.check(!request.items.is_empty(), "items", "must not be empty")
-        .check(request.items.len() <= 50, "items", "must have at most 50 lines");
+        .check(
+            request.items.len() <= 50,
+            "items",
+            "must have at most 50 lines",
+        );
     for (i, item) in request.items.iter().enumerate() {
         v.length(&format!("items[{i}].productId"), &item.product_id, 1, 100)
             .check(
@@ -353,7 +364,10 @@ fn check(request: &NewOrder) -> Result<String, Problem> {
                 &format!("items[{i}].quantity"),
                 "must be between 1 and 1000",
             );
-        if request.items[..i].iter().any(|o| o.product_id == item.product_id) {
+        if request.items[..i]
+            .iter()
+            .any(|o| o.product_id == item.product_id)
+        {
             v.add(&format!("items[{i}].productId"), "appears twice");
         }
     }
@@ -391,7 +405,12 @@ mod tests {
         let fields: Vec<_> = p.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["items[0].quantity", "items[1].productId", "items[2].productId", "items[2].quantity"]
+            [
+                "items[0].quantity",
+                "items[1].productId",
+                "items[2].productId",
+                "items[2].quantity"
+            ]
         );
         assert_eq!(check(&order(vec![])).unwrap_err().errors[0].field, "items");
     }

@@ -234,7 +234,11 @@ pub struct Illegal {
 }
 
 /// The event that moves `order` to `to`.
-pub fn status_change(order: &Order, to: Status, payment_id: Option<String>) -> Result<OrderEvent, Illegal> {
+pub fn status_change(
+    order: &Order,
+    to: Status,
+    payment_id: Option<String>,
+) -> Result<OrderEvent, Illegal> {
     if !order.status.can_become(to) {
         return Err(Illegal {
             from: order.status,
@@ -294,7 +298,12 @@ mod tests {
             .collect();
         assert_eq!(
             legal,
-            [(Created, Paid), (Created, Cancelled), (Paid, Shipped), (Shipped, Delivered)]
+            [
+                (Created, Paid),
+                (Created, Cancelled),
+                (Paid, Shipped),
+                (Shipped, Delivered)
+            ]
         );
     }
 
@@ -315,9 +324,15 @@ mod tests {
         assert_eq!(order.payment_id.as_deref(), Some("pay_1"));
         assert_eq!(order.packed_at, Some(30));
         assert_eq!(order.total_cents, 5998);
-        assert_eq!((order.version, order.created_at, order.updated_at), (3, 10, 30));
+        assert_eq!(
+            (order.version, order.created_at, order.updated_at),
+            (3, 10, 30)
+        );
         assert_eq!(replay([]).unwrap(), None);
-        assert!(replay([(&paid, 1)]).is_err(), "no order before OrderCreated");
+        assert!(
+            replay([(&paid, 1)]).is_err(),
+            "no order before OrderCreated"
+        );
         assert!(replay([(&created, 1), (&created, 2)]).is_err());
     }
 
@@ -328,8 +343,21 @@ mod tests {
         assert_eq!(cancelled.event_type(), "OrderCancelled");
         assert!(cancelled.is_published());
         let err = status_change(&order, Status::Shipped, None).unwrap_err();
-        assert_eq!(err.to_string(), "an order that is CREATED cannot become SHIPPED");
-        let paid = apply(Some(order), &status_change(&replay([(&created(), 1)]).unwrap().unwrap(), Status::Paid, None).unwrap(), 2).unwrap();
+        assert_eq!(
+            err.to_string(),
+            "an order that is CREATED cannot become SHIPPED"
+        );
+        let paid = apply(
+            Some(order),
+            &status_change(
+                &replay([(&created(), 1)]).unwrap().unwrap(),
+                Status::Paid,
+                None,
+            )
+            .unwrap(),
+            2,
+        )
+        .unwrap();
         assert!(status_change(&paid, Status::Cancelled, None).is_err());
     }
 

@@ -247,9 +247,8 @@ async fn set_status(
     Path(id): Path<String>,
     extract::Json(change): extract::Json<StatusChange>,
 ) -> Result<Json<OrderView>, Problem> {
-    let to = Status::parse(&change.status).ok_or_else(|| {
-        Problem::field("status", "must be PAID, SHIPPED, DELIVERED or CANCELLED")
-    })?;
+    let to = Status::parse(&change.status)
+        .ok_or_else(|| Problem::field("status", "must be PAID, SHIPPED, DELIVERED or CANCELLED"))?;
     let order = state
         .orders
         .set_status(&id, to, change.version, caller(&headers).as_deref())

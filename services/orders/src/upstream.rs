@@ -98,10 +98,7 @@ impl Upstreams {
                 .with_status(StatusCode::SERVICE_UNAVAILABLE)
         })?;
         let status = response.status();
-        let value = response
-            .json()
-            .await
-            .unwrap_or(serde_json::Value::Null);
+        let value = response.json().await.unwrap_or(serde_json::Value::Null);
         if status.is_client_error() {
             return Err(passed_on(status, &value, service));
         }
@@ -119,10 +116,13 @@ impl Upstreams {
         let url = format!("{}/api/v1/users/{}", self.users, encode(user_id));
         match self.call("users", Method::GET, url, headers, None).await {
             Ok(_) => Ok(()),
-            Err(p) if p.status == StatusCode::NOT_FOUND => Err(Problem::validation(vec![
-                FieldError::new("userId", format!("no user {user_id:?}")),
-            ])
-            .with_status(StatusCode::UNPROCESSABLE_ENTITY)),
+            Err(p) if p.status == StatusCode::NOT_FOUND => {
+                Err(Problem::validation(vec![FieldError::new(
+                    "userId",
+                    format!("no user {user_id:?}"),
+                )])
+                .with_status(StatusCode::UNPROCESSABLE_ENTITY))
+            }
             Err(p) => Err(p),
         }
     }
@@ -148,7 +148,10 @@ impl Upstreams {
     /// Gives the stock back when the order could not be recorded.
     pub async fn release(&self, order_id: &str, headers: &HeaderMap) {
         let url = format!("{}/api/v1/reservations/{}", self.products, encode(order_id));
-        if let Err(e) = self.call("products", Method::DELETE, url, headers, None).await {
+        if let Err(e) = self
+            .call("products", Method::DELETE, url, headers, None)
+            .await
+        {
             tracing::warn!(order_id, error = %e, "releasing a reservation failed");
         }
     }
@@ -170,7 +173,10 @@ impl Upstreams {
             .await
         {
             Ok((_, payment)) => PaymentOutcome {
-                status: payment["status"].as_str().unwrap_or("COMPLETED").to_string(),
+                status: payment["status"]
+                    .as_str()
+                    .unwrap_or("COMPLETED")
+                    .to_string(),
                 payment_id: payment["id"].as_str().map(str::to_string),
                 detail: None,
             },
@@ -187,7 +193,9 @@ impl Upstreams {
 fn passed_on(status: StatusCode, body: &serde_json::Value, service: &str) -> Problem {
     match serde_json::from_value::<Problem>(body.clone()) {
         Ok(p) => p,
-        Err(_) => Problem::new(status).with_detail(format!("the {service} service answered {status}")),
+        Err(_) => {
+            Problem::new(status).with_detail(format!("the {service} service answered {status}"))
+        }
     }
 }
 

@@ -63,13 +63,17 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<Order, sqlx::Error> {
 }
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<Order>, sqlx::Error> {
-    sqlx::query(concat!("SELECT ", columns!(), " FROM order_view WHERE id = $1"))
-        .bind(id.to_string())
-        .fetch_optional(db)
-        .await?
-        .as_ref()
-        .map(from_row)
-        .transpose()
+    sqlx::query(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM order_view WHERE id = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(db)
+    .await?
+    .as_ref()
+    .map(from_row)
+    .transpose()
 }
 
 /// A user's orders, newest first.
@@ -89,12 +93,16 @@ pub async fn of_user(db: &Db, user_id: &str) -> Result<Vec<Order>, sqlx::Error> 
 
 /// Every row, by id (to compare a rebuilt read model with the live one).
 pub async fn all(db: &Db) -> Result<Vec<Order>, sqlx::Error> {
-    sqlx::query(concat!("SELECT ", columns!(), " FROM order_view ORDER BY id"))
-        .fetch_all(db)
-        .await?
-        .iter()
-        .map(from_row)
-        .collect()
+    sqlx::query(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM order_view ORDER BY id"
+    ))
+    .fetch_all(db)
+    .await?
+    .iter()
+    .map(from_row)
+    .collect()
 }
 
 /// Replays every stream into a new read model; how many orders it holds.
@@ -108,7 +116,9 @@ pub async fn rebuild(db: &Db, backend: Backend) -> Result<usize, StoreError> {
             .execute(&mut *tx)
             .await?;
     }
-    sqlx::query("DELETE FROM order_view").execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM order_view")
+        .execute(&mut *tx)
+        .await?;
     let orders = store::all_streams(&mut tx).await?;
     for order in &orders {
         upsert(&mut tx, order).await?;

@@ -43,9 +43,8 @@ impl FaultSettings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let failure_rate = match env.get("PAYMENTS_FAILURE_RATE") {
             None => 0.0,
-            Some(raw) => {
-                parse_rate(raw).map_err(|e| ConfigError::invalid("PAYMENTS_FAILURE_RATE", raw, e))?
-            }
+            Some(raw) => parse_rate(raw)
+                .map_err(|e| ConfigError::invalid("PAYMENTS_FAILURE_RATE", raw, e))?,
         };
         Ok(FaultSettings {
             failure_rate,
@@ -134,7 +133,11 @@ pub async fn change(
         "must be between 0 and 1",
     );
     let latency = humantime::parse_duration(view.added_latency.trim());
-    v.check(latency.is_ok(), "addedLatency", "must be a duration such as 250ms");
+    v.check(
+        latency.is_ok(),
+        "addedLatency",
+        "must be a duration such as 250ms",
+    );
     v.finish()?;
     let settings = FaultSettings {
         failure_rate: view.failure_rate,
@@ -161,11 +164,21 @@ mod tests {
 
     #[test]
     fn settings_from_env() {
-        let env = Env::from_pairs([("PAYMENTS_FAILURE_RATE", "20%"), ("PAYMENTS_ADDED_LATENCY", "150ms")]);
+        let env = Env::from_pairs([
+            ("PAYMENTS_FAILURE_RATE", "20%"),
+            ("PAYMENTS_ADDED_LATENCY", "150ms"),
+        ]);
         let s = FaultSettings::from_env(&env).unwrap();
-        assert_eq!((s.failure_rate, s.added_latency), (0.2, Duration::from_millis(150)));
-        assert_eq!(FaultSettings::from_env(&Env::default()).unwrap(), FaultSettings::default());
-        let err = FaultSettings::from_env(&Env::from_pairs([("PAYMENTS_FAILURE_RATE", "2")])).unwrap_err();
+        assert_eq!(
+            (s.failure_rate, s.added_latency),
+            (0.2, Duration::from_millis(150))
+        );
+        assert_eq!(
+            FaultSettings::from_env(&Env::default()).unwrap(),
+            FaultSettings::default()
+        );
+        let err = FaultSettings::from_env(&Env::from_pairs([("PAYMENTS_FAILURE_RATE", "2")]))
+            .unwrap_err();
         assert_eq!(err.var(), "PAYMENTS_FAILURE_RATE");
     }
 }

@@ -2,11 +2,11 @@
 //! written in one transaction (the event into the outbox), so a recorded
 //! payment is always announced, and never twice.
 
+use serde::{Deserialize, Serialize};
 use shop_common::db::{Db, now_millis, rfc3339};
 use shop_common::events::{Envelope, Outgoing};
 use shop_common::outbox;
 use shop_common::validate::from_cents;
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,13 +91,20 @@ impl Ledger {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Payment>, sqlx::Error> {
-        self.one(concat!("SELECT ", columns!(), " FROM payments WHERE id = $1"), id)
-            .await
+        self.one(
+            concat!("SELECT ", columns!(), " FROM payments WHERE id = $1"),
+            id,
+        )
+        .await
     }
 
     pub async fn by_key(&self, key: &str) -> Result<Option<Payment>, sqlx::Error> {
         self.one(
-            concat!("SELECT ", columns!(), " FROM payments WHERE idempotency_key = $1"),
+            concat!(
+                "SELECT ",
+                columns!(),
+                " FROM payments WHERE idempotency_key = $1"
+            ),
             key,
         )
         .await
@@ -145,7 +152,9 @@ impl Ledger {
         .await;
         match inserted {
             Ok(_) => {}
-            Err(e) if shop_common::db::is_unique_violation(&e) => return Err(RecordError::Duplicate),
+            Err(e) if shop_common::db::is_unique_violation(&e) => {
+                return Err(RecordError::Duplicate);
+            }
             Err(e) => return Err(e.into()),
         }
         outbox::stage(&mut tx, &message).await?;
@@ -156,7 +165,10 @@ impl Ledger {
 
 /// A new payment id and the time.
 pub fn new_id() -> (String, i64) {
-    (format!("pay_{}", uuid::Uuid::now_v7().simple()), now_millis())
+    (
+        format!("pay_{}", uuid::Uuid::now_v7().simple()),
+        now_millis(),
+    )
 }
 
 pub fn created_at(p: &Payment) -> String {

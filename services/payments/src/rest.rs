@@ -23,7 +23,10 @@ use crate::ledger::{Payment, RecordError, created_at, new_id};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "payments", description = "The shop's payments, with a fault knob."),
+    info(
+        title = "payments",
+        description = "The shop's payments, with a fault knob."
+    ),
     paths(charge, get_payment, faults::show, faults::change),
     components(schemas(NewPayment, PaymentView, FaultView, Problem, FieldError))
 )]
@@ -124,7 +127,9 @@ impl OrdersClient {
             }),
             StatusCode::NOT_FOUND => Err(Problem::field("orderId", format!("no order {id:?}"))
                 .with_status(StatusCode::UNPROCESSABLE_ENTITY)),
-            s => Err(Problem::unavailable(format!("the orders service answered {s}"))),
+            s => Err(Problem::unavailable(format!(
+                "the orders service answered {s}"
+            ))),
         }
     }
 }
@@ -132,8 +137,14 @@ impl OrdersClient {
 fn key_of(headers: &HeaderMap) -> Result<String, Problem> {
     match headers.get("idempotency-key").map(|v| v.to_str()) {
         Some(Ok(k)) if (1..=255).contains(&k.len()) => Ok(k.to_string()),
-        Some(_) => Err(Problem::field("Idempotency-Key", "must be 1 to 255 visible ASCII characters")),
-        None => Err(Problem::field("Idempotency-Key", "is required: a retried charge must not charge twice")),
+        Some(_) => Err(Problem::field(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        )),
+        None => Err(Problem::field(
+            "Idempotency-Key",
+            "is required: a retried charge must not charge twice",
+        )),
     }
 }
 
@@ -196,7 +207,9 @@ async fn charge(
     if let Some(c) = caller(&headers)
         && c != order.user_id
     {
-        return Err(Problem::forbidden("a user may only pay for their own orders"));
+        return Err(Problem::forbidden(
+            "a user may only pay for their own orders",
+        ));
     }
     if let Some(paid) = state.ledger.by_order(&request.order_id).await? {
         return Err(already_paid(&paid));
@@ -207,7 +220,8 @@ async fn charge(
             request.order_id, order.status
         )));
     }
-    let total = cents(order.total_amount).map_err(|e| Problem::internal(&format!("the order's total {e}")))?;
+    let total = cents(order.total_amount)
+        .map_err(|e| Problem::internal(&format!("the order's total {e}")))?;
     if amount != total {
         return Err(Problem::field(
             "amount",
@@ -240,7 +254,9 @@ async fn charge(
             Some(existing) => replay(existing, &hash),
             None => match state.ledger.by_order(&request.order_id).await? {
                 Some(paid) => Err(already_paid(&paid)),
-                None => Err(Problem::conflict("a concurrent payment got in the way; try again")),
+                None => Err(Problem::conflict(
+                    "a concurrent payment got in the way; try again",
+                )),
             },
         },
         Err(RecordError::Db(e)) => Err(e.into()),
@@ -252,7 +268,10 @@ fn replay(existing: Payment, hash: &str) -> Result<Response, Problem> {
         return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY)
             .with_type("urn:shop:problem:idempotency-key-reused")
             .with_detail("this Idempotency-Key was used for a different payment")
-            .with_errors(vec![FieldError::new("Idempotency-Key", "already used for a different payment")]));
+            .with_errors(vec![FieldError::new(
+                "Idempotency-Key",
+                "already used for a different payment",
+            )]));
     }
     Ok(created(&existing, StatusCode::OK, true))
 }

@@ -10,9 +10,9 @@
 
 use std::sync::Arc;
 
+use lapin::Connection;
 use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
-use lapin::Connection;
 use serde::{Deserialize, Serialize};
 use shop_common::amqp::{Broker, exclusive_consumer};
 use shop_common::events::{self, Envelope, Outgoing};

@@ -92,7 +92,11 @@ impl Reservations {
 
     /// Reserves every line or none; a repeated call for the same order
     /// returns the first reservation.
-    pub async fn reserve(&self, order_id: &str, items: &[Line]) -> Result<Vec<Reserved>, ReserveError> {
+    pub async fn reserve(
+        &self,
+        order_id: &str,
+        items: &[Line],
+    ) -> Result<Vec<Reserved>, ReserveError> {
         let existing = self.of_order(order_id).await?;
         if !existing.is_empty() {
             return Ok(existing);
@@ -159,7 +163,11 @@ impl Reservations {
 
     /// `OrderCreated`: takes the order's lines out of stock and stages an
     /// `InventoryUpdated` for each, once per event.
-    pub async fn commit(&self, consumer: &str, event: &Envelope<OrderLines>) -> Result<(), Failure> {
+    pub async fn commit(
+        &self,
+        consumer: &str,
+        event: &Envelope<OrderLines>,
+    ) -> Result<(), Failure> {
         let mut tx = self.db.begin().await?;
         if !outbox::first_delivery(&mut tx, consumer, &event.event_id.to_string()).await? {
             return Ok(());
@@ -215,7 +223,11 @@ impl Reservations {
 
     /// `OrderCancelled`: releases what was reserved and returns to stock
     /// what was committed (with an `InventoryUpdated`), once per event.
-    pub async fn cancel(&self, consumer: &str, event: &Envelope<OrderLines>) -> Result<(), Failure> {
+    pub async fn cancel(
+        &self,
+        consumer: &str,
+        event: &Envelope<OrderLines>,
+    ) -> Result<(), Failure> {
         let mut tx = self.db.begin().await?;
         if !outbox::first_delivery(&mut tx, consumer, &event.event_id.to_string()).await? {
             return Ok(());
@@ -224,7 +236,11 @@ impl Reservations {
         release_in(&mut tx, order_id).await?;
         let now = now_millis();
         for line in &event.data.items {
-            if state_of(&mut tx, order_id, &line.product_id).await?.as_deref() != Some(COMMITTED) {
+            if state_of(&mut tx, order_id, &line.product_id)
+                .await?
+                .as_deref()
+                != Some(COMMITTED)
+            {
                 continue;
             }
             let quantity = i64::from(line.quantity);
@@ -264,11 +280,13 @@ async fn lines(db: &Db, order_id: &str) -> Result<Vec<Reserved>, sqlx::Error> {
 }
 
 async fn release_in(tx: &mut AnyConnection, order_id: &str) -> Result<usize, sqlx::Error> {
-    let held = sqlx::query("SELECT product_id, quantity FROM reservations WHERE order_id = $1 AND state = $2")
-        .bind(order_id.to_string())
-        .bind(RESERVED)
-        .fetch_all(&mut *tx)
-        .await?;
+    let held = sqlx::query(
+        "SELECT product_id, quantity FROM reservations WHERE order_id = $1 AND state = $2",
+    )
+    .bind(order_id.to_string())
+    .bind(RESERVED)
+    .fetch_all(&mut *tx)
+    .await?;
     let now = now_millis();
     for row in &held {
         let product: String = row.try_get("product_id")?;
@@ -284,7 +302,11 @@ async fn release_in(tx: &mut AnyConnection, order_id: &str) -> Result<usize, sql
     Ok(held.len())
 }
 
-async fn state_of(tx: &mut AnyConnection, order_id: &str, product_id: &str) -> Result<Option<String>, sqlx::Error> {
+async fn state_of(
+    tx: &mut AnyConnection,
+    order_id: &str,
+    product_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
     sqlx::query("SELECT state FROM reservations WHERE order_id = $1 AND product_id = $2")
         .bind(order_id.to_string())
         .bind(product_id.to_string())

@@ -346,7 +346,9 @@ async fn put_inventory(
         .finish()?;
     let product = state
         .catalog
-        .set(Versioned::Stock, &id, update.stock, update.version, |_| None)
+        .set(Versioned::Stock, &id, update.stock, update.version, |_| {
+            None
+        })
         .await
         .map_err(|e| conflict(e, &id))?;
     Ok(with_etag(
@@ -432,14 +434,21 @@ async fn reserve(
     let mut v = Violations::new();
     v.length("orderId", &request.order_id, 1, 100)
         .check(!request.items.is_empty(), "items", "must not be empty")
-        .check(request.items.len() <= 50, "items", "must have at most 50 lines");
+        .check(
+            request.items.len() <= 50,
+            "items",
+            "must have at most 50 lines",
+        );
     for (i, line) in request.items.iter().enumerate() {
         v.check(
             (1..=1000).contains(&line.quantity),
             &format!("items[{i}].quantity"),
             "must be between 1 and 1000",
         );
-        if request.items[..i].iter().any(|o| o.product_id == line.product_id) {
+        if request.items[..i]
+            .iter()
+            .any(|o| o.product_id == line.product_id)
+        {
             v.add(&format!("items[{i}].productId"), "appears twice");
         }
     }

@@ -134,7 +134,8 @@ pub struct Message {
 impl Message {
     /// The body as an event envelope; malformed is a rejection.
     pub fn envelope<T: DeserializeOwned>(&self) -> Result<Envelope<T>, Failure> {
-        serde_json::from_slice(&self.body).map_err(|e| Failure::Reject(format!("malformed event: {e}")))
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Failure::Reject(format!("malformed event: {e}")))
     }
 
     /// The body as JSON of type `T`; malformed is a rejection.
@@ -347,9 +348,15 @@ async fn copy_to(
     reason: &str,
 ) -> Result<(), String> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(RETRY_COUNT.into(), AMQPValue::LongLongInt(i64::from(retries)));
+    headers.insert(
+        RETRY_COUNT.into(),
+        AMQPValue::LongLongInt(i64::from(retries)),
+    );
     headers.insert(ERROR.into(), string(reason));
-    headers.insert("x-original-routing-key".into(), string(delivery.routing_key.as_str()));
+    headers.insert(
+        "x-original-routing-key".into(),
+        string(delivery.routing_key.as_str()),
+    );
     let properties = delivery
         .properties
         .clone()

@@ -24,7 +24,8 @@ use crate::events::{self, Outgoing, PublishError, Publisher};
 /// The outbox, lease and processed-message tables, with a migration history
 /// of their own so a service's own migrations stay its own.
 pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
-    let mut migrator = Migrator::with_migrations(sqlx::migrate!("./migrations").migrations.to_vec());
+    let mut migrator =
+        Migrator::with_migrations(sqlx::migrate!("./migrations").migrations.to_vec());
     migrator.dangerous_set_table_name("_shop_messaging_migrations");
     migrator
 });
@@ -152,10 +153,11 @@ async fn run(
         }
     }
     // Let another replica take over at once.
-    let _ = sqlx::query("UPDATE outbox_lease SET expires_at = 0 WHERE name = 'relay' AND holder = $1")
-        .bind(holder)
-        .execute(&db)
-        .await;
+    let _ =
+        sqlx::query("UPDATE outbox_lease SET expires_at = 0 WHERE name = 'relay' AND holder = $1")
+            .bind(holder)
+            .execute(&db)
+            .await;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -131,7 +131,14 @@ impl Shop {
         let (users_url, products_url, orders_url, payments_url, notifications_url) =
             (url(0), url(1), url(2), url(3), url(4));
         let amqp = options.amqp_url.clone();
-        let [l_users, l_products, l_orders, l_payments, l_notifications, l_gateway] = listeners;
+        let [
+            l_users,
+            l_products,
+            l_orders,
+            l_payments,
+            l_notifications,
+            l_gateway,
+        ] = listeners;
 
         let config = users::Config {
             server: server(),
@@ -194,7 +201,14 @@ impl Shop {
         };
         (options.gateway)(&mut config);
         let gateway = Running::start_on(l_gateway, move |l, s| gateway::run(config, l, s));
-        for running in [&users, &products, &orders, &payments, &notifications, &gateway] {
+        for running in [
+            &users,
+            &products,
+            &orders,
+            &payments,
+            &notifications,
+            &gateway,
+        ] {
             wait_ready(&running.url("/health/ready")).await;
         }
         Shop {

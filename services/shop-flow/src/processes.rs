@@ -10,7 +10,14 @@ use shop_testkit::{Backend, http};
 
 use crate::{Dbs, SECRET};
 
-pub const SERVICES: [&str; 6] = ["users", "products", "orders", "payments", "notifications", "gateway"];
+pub const SERVICES: [&str; 6] = [
+    "users",
+    "products",
+    "orders",
+    "payments",
+    "notifications",
+    "gateway",
+];
 
 pub struct Processes {
     bin: PathBuf,
@@ -148,7 +155,10 @@ impl Processes {
             .envs(self.env[service].iter().map(|(k, v)| (k, v)))
             .output()
             .expect("running a command");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 }
 

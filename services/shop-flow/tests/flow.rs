@@ -55,7 +55,10 @@ async fn the_whole_flow(backend: Backend) {
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["id"], order_id.as_str());
-    assert_eq!(again["payment"]["paymentId"], placed["payment"]["paymentId"]);
+    assert_eq!(
+        again["payment"]["paymentId"],
+        placed["payment"]["paymentId"]
+    );
 
     // PaymentProcessed → orders marks it PAID; fulfilment packs it.
     let order_url = format!("{gw}/api/orders/{order_id}");
@@ -67,21 +70,39 @@ async fn the_whole_flow(backend: Backend) {
     assert_eq!(paid["version"], 3, "created, paid, packed: {paid}");
 
     // OrderCreated and PaymentProcessed → two notifications, in the request's trace.
-    let notes = eventually(&format!("{gw}/api/notifications"), Some(&token), WAIT, |n| {
-        n["data"].as_array().is_some_and(|d| d.len() == 2)
-    })
+    let notes = eventually(
+        &format!("{gw}/api/notifications"),
+        Some(&token),
+        WAIT,
+        |n| n["data"].as_array().is_some_and(|d| d.len() == 2),
+    )
     .await;
-    let kinds: Vec<&str> = notes["data"].as_array().unwrap().iter().map(|n| n["eventType"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = notes["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["eventType"].as_str().unwrap())
+        .collect();
     let mut sorted = kinds.clone();
     sorted.sort();
     assert_eq!(sorted, ["OrderCreated", "PaymentProcessed"]);
     for n in notes["data"].as_array().unwrap() {
         assert_eq!(n["userId"], user.as_str());
-        assert_eq!(n["traceId"], trace_id.as_str(), "the trace crosses the broker: {n}");
+        assert_eq!(
+            n["traceId"],
+            trace_id.as_str(),
+            "the trace crosses the broker: {n}"
+        );
     }
 
     // OrderCreated → products takes the stock out (prod_001 starts at 50? read it first).
-    let stock = eventually(&format!("{gw}/api/products/prod_011/inventory"), None, WAIT, |i| i["reserved"] == 0).await;
+    let stock = eventually(
+        &format!("{gw}/api/products/prod_011/inventory"),
+        None,
+        WAIT,
+        |i| i["reserved"] == 0,
+    )
+    .await;
     assert_eq!(stock["reserved"], 0);
 
     // A second order whose payment fails (the fault knob, changed at run
@@ -103,7 +124,11 @@ async fn the_whole_flow(backend: Backend) {
             .json(&json!({"status": "CANCELLED"})),
     )
     .await;
-    assert_eq!((status, cancelled["status"].as_str()), (200, Some("CANCELLED")), "{cancelled}");
+    assert_eq!(
+        (status, cancelled["status"].as_str()),
+        (200, Some("CANCELLED")),
+        "{cancelled}"
+    );
 
     // A price change, through the gateway.
     let product: Value = shop_testkit::get_json(&format!("{gw}/api/products/prod_041")).await;
@@ -127,17 +152,27 @@ async fn the_whole_flow(backend: Backend) {
     ];
     let arrived = tap
         .wait_for(WAIT, |events| {
-            expected.iter().all(|(t, n)| events.iter().filter(|e| e.routing_key == *t).count() >= *n)
+            expected
+                .iter()
+                .all(|(t, n)| events.iter().filter(|e| e.routing_key == *t).count() >= *n)
         })
         .await;
     let events = tap.events();
-    assert!(arrived, "not every event arrived: {:?}", events.iter().map(|e| &e.routing_key).collect::<Vec<_>>());
+    assert!(
+        arrived,
+        "not every event arrived: {:?}",
+        events.iter().map(|e| &e.routing_key).collect::<Vec<_>>()
+    );
     let counts = common::assert_valid(&events);
     for (t, n) in expected {
         assert_eq!(counts.get(t).copied(), Some(n), "{t}: {counts:?}");
     }
     for e in &events {
-        assert!(e.headers.contains_key("traceparent"), "{} has no trace context", e.routing_key);
+        assert!(
+            e.headers.contains_key("traceparent"),
+            "{} has no trace context",
+            e.routing_key
+        );
     }
     let returned: Vec<&Value> = events
         .iter()
@@ -153,11 +188,19 @@ async fn the_whole_flow(backend: Backend) {
     assert!(created.headers["traceparent"].contains(&trace_id));
 
     // The rebuild command replays every stream; the read model is unchanged.
-    let before: Value = shop_testkit::get_json(&format!("{}?userId={user}", shop.url("orders", "/api/v1/orders"))).await;
+    let before: Value = shop_testkit::get_json(&format!(
+        "{}?userId={user}",
+        shop.url("orders", "/api/v1/orders")
+    ))
+    .await;
     let (ok, out) = shop.run_command("orders", &["orders", "rebuild-read-model"]);
     assert!(ok, "{out}");
     assert_eq!(out.trim(), "read model rebuilt: 2 orders");
-    let after: Value = shop_testkit::get_json(&format!("{}?userId={user}", shop.url("orders", "/api/v1/orders"))).await;
+    let after: Value = shop_testkit::get_json(&format!(
+        "{}?userId={user}",
+        shop.url("orders", "/api/v1/orders")
+    ))
+    .await;
     assert_eq!(before, after);
     assert_eq!(after["data"].as_array().unwrap().len(), 2);
 }

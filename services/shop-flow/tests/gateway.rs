@@ -179,7 +179,9 @@ async fn a_users_orders_come_from_orders(db: TestDb) {
     let shop = Shop::start(db.backend, None).await;
     let (id, token) = shop.sign_up("barbara@example.com").await;
     let first = shop.place(&token, &[("prod_001", 1)]).await;
-    let second = shop.place(&token, &[("prod_002", 2), ("prod_003", 1)]).await;
+    let second = shop
+        .place(&token, &[("prod_002", 2), ("prod_003", 1)])
+        .await;
     let (_, other) = shop.sign_up("someone@example.com").await;
     shop.place(&other, &[("prod_004", 1)]).await;
     let body = get_json_with(&shop.url(&format!("/api/users/{id}/orders")), &token).await;
@@ -190,7 +192,11 @@ async fn a_users_orders_come_from_orders(db: TestDb) {
         .iter()
         .map(|o| o["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, [&second["id"], &first["id"]].map(|v| v.as_str().unwrap()), "newest first");
+    assert_eq!(
+        ids,
+        [&second["id"], &first["id"]].map(|v| v.as_str().unwrap()),
+        "newest first"
+    );
     assert_eq!(body["orders"][0]["items"][1]["productId"], "prod_003");
     // Without a broker nothing marks them PAID: they stay CREATED.
     assert_eq!(body["orders"][0]["status"], "CREATED");
@@ -209,7 +215,10 @@ async fn orders_come_with_product_details(db: TestDb) {
     let order = shop
         .place(&token, &[("prod_001", 2), ("prod_011", 1)])
         .await;
-    let url = shop.url(&format!("/api/orders/{}/with-product-details", order["id"].as_str().unwrap()));
+    let url = shop.url(&format!(
+        "/api/orders/{}/with-product-details",
+        order["id"].as_str().unwrap()
+    ));
     assert_problem(http().get(&url).send().await.unwrap(), 401, None).await;
     let r = http().get(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -362,4 +371,3 @@ async fn bodies_stream_through_with_a_cap(db: TestDb) {
         .unwrap();
     assert_eq!(login.status(), 401);
 }
-

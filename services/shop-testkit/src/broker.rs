@@ -105,7 +105,11 @@ impl Tap {
             )
             .await
             .expect("binding the tap queue");
-        tokio::spawn(tap_loop(tap.url.clone(), tap.queue.clone(), tap.seen.clone()));
+        tokio::spawn(tap_loop(
+            tap.url.clone(),
+            tap.queue.clone(),
+            tap.seen.clone(),
+        ));
         tap
     }
 
@@ -168,14 +172,15 @@ pub async fn drain(url: &str, queue: &str) -> Vec<Seen> {
     let (_conn, channel) = connect(url).await;
     let mut out = Vec::new();
     while let Some(m) = channel
-        .basic_get(
-            queue.into(),
-            BasicGetOptions { no_ack: true },
-        )
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
         .await
         .expect("basic.get")
     {
-        out.push(Seen::of(m.delivery.routing_key.as_str(), &m.delivery.data, &m.delivery.properties));
+        out.push(Seen::of(
+            m.delivery.routing_key.as_str(),
+            &m.delivery.data,
+            &m.delivery.properties,
+        ));
     }
     out
 }

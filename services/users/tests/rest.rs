@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use shop_common::auth::Tokens;
 use shop_testkit::{
-    Running, TestDb, assert_problem, closed_port, db_tests, get_json, http, send,
-    silent_server,
+    Running, TestDb, assert_problem, closed_port, db_tests, get_json, http, send, silent_server,
 };
 use sqlx::Row;
 

@@ -18,8 +18,9 @@ pub fn schemas() -> BTreeMap<String, jsonschema::Validator> {
         let Some(event_type) = name.strip_suffix(".schema.json") else {
             continue;
         };
-        let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("a schema"))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let schema: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("a schema"))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
         let validator = jsonschema::options()
             .should_validate_formats(true)
             .build(&schema)
@@ -41,8 +42,17 @@ pub fn assert_valid(events: &[Seen]) -> BTreeMap<String, usize> {
             .iter_errors(&event.body)
             .map(|e| format!("{}: {e}", e.instance_path()))
             .collect();
-        assert!(errors.is_empty(), "{} does not match its schema: {errors:?}\n{}", event.routing_key, event.body);
-        assert_eq!(event.body["eventType"], event.routing_key.as_str(), "routing key = event type");
+        assert!(
+            errors.is_empty(),
+            "{} does not match its schema: {errors:?}\n{}",
+            event.routing_key,
+            event.body
+        );
+        assert_eq!(
+            event.body["eventType"],
+            event.routing_key.as_str(),
+            "routing key = event type"
+        );
         *seen.entry(event.routing_key.clone()).or_insert(0) += 1;
     }
     seen
