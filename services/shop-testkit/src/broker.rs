@@ -57,7 +57,8 @@ async fn connect(url: &str) -> (Connection, Channel) {
 }
 
 /// Every event published on `shop.events` while it lives (a durable queue
-/// of its own bound to `#`, so a broker restart loses nothing it holds).
+/// of its own bound to `#`, so a broker restart loses nothing it holds;
+/// a delivery in flight at the restart may be seen twice).
 pub struct Tap {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     url: String,
@@ -149,18 +150,18 @@ async fn tap_loop(url: String, queue: String, seen: Arc<Mutex<Vec<Seen>>>) {
                 .basic_consume(
                     queue.as_str().into(),
                     "".into(),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..Default::default()
-                    },
+                    BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
                 .await
         {
+            // Acked once recorded: a broker restart redelivers what was in
+            // flight (a copy may be seen twice) rather than dropping it.
             while let Some(Ok(d)) = consumer.next().await {
                 seen.lock()
                     .unwrap()
                     .push(Seen::of(d.routing_key.as_str(), &d.data, &d.properties));
+                let _ = d.ack(lapin::options::BasicAckOptions::default()).await;
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
