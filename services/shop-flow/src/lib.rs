@@ -283,6 +283,13 @@ pub async fn place(gateway: &str, token: &str, items: &[(&str, u32)], key: Optio
     body
 }
 
+/// `GET url` with a bearer token, expecting 200; the JSON answer.
+pub async fn get_json_with(url: &str, token: &str) -> Value {
+    let (status, body) = shop_testkit::send(http().get(url).bearer_auth(token)).await;
+    assert_eq!(status, 200, "GET {url}: {body}");
+    body
+}
+
 /// Polls `GET url` (with `token`) until `done` holds for the JSON answer;
 /// the last answer. Panics after `timeout`.
 pub async fn eventually(

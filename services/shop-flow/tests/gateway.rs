@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use shop_common::auth::{Claims, Tokens, unix_now};
-use shop_flow::{Options, SECRET, Shop};
+use shop_flow::{Options, SECRET, Shop, get_json_with};
 use shop_testkit::{Running, TestDb, assert_problem, db_tests, get_json, http, send};
 
 db_tests!(
@@ -167,12 +167,6 @@ async fn the_user_id_upstream_comes_from_the_token(db: TestDb) {
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["orders"], json!([]));
-}
-
-async fn get_json_with(url: &str, token: &str) -> Value {
-    let (status, body) = send(http().get(url).bearer_auth(token)).await;
-    assert_eq!(status, 200, "GET {url}: {body}");
-    body
 }
 
 async fn a_users_orders_come_from_orders(db: TestDb) {

@@ -1,10 +1,15 @@
-//! What several test files share: the event schemas.
+//! What several test files share: the event schemas, looking into a
+//! service's database, counting events per order.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
+use shop_common::config::DatabaseSettings;
+use shop_common::db::Db;
+use shop_testkit::TestDb;
 use shop_testkit::broker::Seen;
+use sqlx::Row;
 
 /// Every schema under `services/events/`, by event type.
 pub fn schemas() -> BTreeMap<String, jsonschema::Validator> {
@@ -56,4 +61,38 @@ pub fn assert_valid(events: &[Seen]) -> BTreeMap<String, usize> {
         *seen.entry(event.routing_key.clone()).or_insert(0) += 1;
     }
     seen
+}
+
+pub fn shop_bin() -> &'static std::path::Path {
+    env!("CARGO_BIN_EXE_shop").as_ref()
+}
+
+/// A service's database, as the test looks into it.
+pub async fn open(db: &TestDb, migrator: &'static sqlx::migrate::Migrator) -> Db {
+    shop_common::db::connect(&DatabaseSettings::new(&db.url), migrator)
+        .await
+        .expect("a service database")
+}
+
+pub async fn handled(db: &Db, consumer: &str) -> i64 {
+    sqlx::query("SELECT COUNT(*) AS n FROM processed_messages WHERE consumer = $1")
+        .bind(consumer.to_string())
+        .fetch_one(db)
+        .await
+        .unwrap()
+        .get("n")
+}
+
+/// The distinct event ids of `event_type` per order id, and how many
+/// copies of them arrived in all.
+pub fn per_order(events: &[Seen], event_type: &str) -> (BTreeMap<String, BTreeSet<String>>, usize) {
+    let mut ids: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut copies = 0;
+    for e in events.iter().filter(|e| e.routing_key == event_type) {
+        copies += 1;
+        let order = e.body["data"]["orderId"].as_str().unwrap_or_default();
+        let id = e.body["eventId"].as_str().unwrap_or_default();
+        ids.entry(order.into()).or_default().insert(id.into());
+    }
+    (ids, copies)
 }
