@@ -6,18 +6,14 @@
 use serde_json::json;
 use shop_common::config::ProxySettings;
 use shop_flow::Shop;
-use shop_flow::measure::measure;
+use shop_flow::measure::{count_arg, measure};
 use shop_proto::product::v1::GetProductRequest;
 use shop_proto::product::v1::product_service_client::ProductServiceClient;
 use shop_testkit::{Backend, http};
 
 #[tokio::main]
 async fn main() {
-    // `cargo bench` passes `--bench`; the count is the first number.
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(2000);
+    let n = count_arg(2000);
     let shop = Shop::start(Backend::Sqlite, None).await;
     let (products, gateway) = (&shop.products, &shop.gateway);
     let client = http();

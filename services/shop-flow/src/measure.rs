@@ -3,6 +3,15 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// The count a benchmark was given (`cargo bench … -- <n>`; cargo also
+/// passes `--bench`, so the first number wins), or `default`.
+pub fn count_arg(default: usize) -> usize {
+    std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
 /// p50, p90, p99 and max of `samples` (sorted here).
 pub fn percentiles(samples: &mut [Duration]) -> [Duration; 4] {
     samples.sort();

@@ -18,6 +18,7 @@ db_tests!(
     the_relay_publishes_what_a_killed_orders_left_behind,
     two_writers_of_one_order_one_gets_409,
     malformed_messages_go_to_the_dead_letter_queue,
+    a_redelivered_event_is_notified_once,
 );
 
 async fn the_relay_publishes_what_a_killed_orders_left_behind(db: TestDb) {
@@ -227,4 +228,66 @@ async fn malformed_messages_go_to_the_dead_letter_queue(db: TestDb) {
         fulfilment[0].headers["x-original-routing-key"],
         "order_processing"
     );
+}
+
+async fn a_redelivered_event_is_notified_once(db: TestDb) {
+    let Some(amqp) = shop_testkit::amqp_vhost() else {
+        return;
+    };
+    let shop = Shop::start(db.backend, Some(amqp.clone())).await;
+    let (user, token) = shop.sign_up("twice@example.com").await;
+    let event = |id: &str, order: &str| {
+        json!({"eventId": id, "eventType": "OrderCreated", "version": "1.0",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "data": {"orderId": order, "userId": user, "items": [], "totalAmount": 5.0,
+                "currency": "USD", "status": "CREATED"}})
+        .to_string()
+    };
+    let (first, second) = (
+        "0190b3a4-0000-7000-8000-0000000000a1",
+        "0190b3a4-0000-7000-8000-0000000000a2",
+    );
+    // The same event three times (as a publisher retrying after a lost
+    // confirm, or the broker redelivering, would), then another one.
+    for _ in 0..3 {
+        publish_raw(
+            &amqp,
+            "shop.events",
+            "OrderCreated",
+            first,
+            event(first, "ord_a").as_bytes(),
+        )
+        .await;
+    }
+    publish_raw(
+        &amqp,
+        "shop.events",
+        "OrderCreated",
+        second,
+        event(second, "ord_b").as_bytes(),
+    )
+    .await;
+    let url = shop.url("/api/notifications");
+    eventually(&url, Some(&token), Duration::from_secs(30), |n| {
+        n["data"].as_array().is_some_and(|d| d.len() >= 2)
+    })
+    .await;
+    // Every copy was handled: the queue is empty and nothing is unacked.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shop_testkit::broker::depth(&amqp, notifications::QUEUE).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the notifications queue does not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let notes = get_json_with(&url, &token).await;
+    let ids: Vec<&str> = notes["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["eventId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [first, second]);
 }
