@@ -156,6 +156,7 @@ impl Reservations {
     /// Releases what is still only reserved for `order_id`.
     pub async fn release(&self, order_id: &str) -> Result<usize, sqlx::Error> {
         let mut tx = self.db.begin().await?;
+        lock_order(&mut tx, order_id).await?;
         let n = release_in(&mut tx, order_id).await?;
         tx.commit().await?;
         Ok(n)
@@ -173,6 +174,7 @@ impl Reservations {
             return Ok(());
         }
         let order_id = &event.data.order_id;
+        lock_order(&mut tx, order_id).await?;
         let now = now_millis();
         for line in &event.data.items {
             let quantity = i64::from(line.quantity);
@@ -233,6 +235,7 @@ impl Reservations {
             return Ok(());
         }
         let order_id = &event.data.order_id;
+        lock_order(&mut tx, order_id).await?;
         release_in(&mut tx, order_id).await?;
         let now = now_millis();
         for line in &event.data.items {
@@ -300,6 +303,19 @@ async fn release_in(tx: &mut AnyConnection, order_id: &str) -> Result<usize, sql
         set_state(tx, order_id, &product, "RELEASED", now).await?;
     }
     Ok(held.len())
+}
+
+/// Holds the order's reservation rows until the transaction ends, so that
+/// its `OrderCreated` and `OrderCancelled`, handled at the same time, take
+/// turns: the second reads the states the first left (Postgres: row locks,
+/// and each later statement sees what committed before it; SQLite: this
+/// write takes the database's write lock).
+async fn lock_order(tx: &mut AnyConnection, order_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE reservations SET updated_at = updated_at WHERE order_id = $1")
+        .bind(order_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 async fn state_of(

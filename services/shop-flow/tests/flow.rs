@@ -13,7 +13,8 @@ use shop_flow::{Processes, eventually, place, sign_up};
 use shop_testkit::broker::Tap;
 use shop_testkit::{Backend, TestDb, http, send};
 
-const WAIT: Duration = Duration::from_secs(20);
+// Generous: the machine may be busy with other builds; the assertions are about what arrives.
+const WAIT: Duration = Duration::from_secs(60);
 
 async fn the_whole_flow(backend: Backend) {
     let Some(amqp) = shop_testkit::amqp_vhost() else {
@@ -117,6 +118,16 @@ async fn the_whole_flow(backend: Backend) {
     assert_eq!(unpaid["payment"]["status"], "FAILED", "{unpaid}");
     assert_eq!(send(knob(0.0)).await.0, 200);
     let unpaid_id = unpaid["id"].as_str().unwrap();
+    // Cancelled once products has taken its stock (a cancellation that
+    // overtakes OrderCreated releases the reservation and takes nothing).
+    let taken = tap
+        .wait_for(WAIT, |events| {
+            events.iter().any(|e| {
+                e.routing_key == "InventoryUpdated" && e.body["data"]["orderId"] == unpaid_id
+            })
+        })
+        .await;
+    assert!(taken, "products took the stock of {unpaid_id}");
     let (status, cancelled) = send(
         http()
             .put(format!("{gw}/api/orders/{unpaid_id}/status"))
