@@ -97,7 +97,8 @@ impl HttpClient {
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .http2_keep_alive_timeout(Duration::from_secs(10))
-            .http2_adaptive_window(true)
+            // Fixed windows (hyper's: 5 MiB per connection, 2 MiB per
+            // stream); an adaptive one pings per burst of data (server/mod.rs).
             .build(connector);
         HttpClient {
             inner: Arc::new(Clients {
