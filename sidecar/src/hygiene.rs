@@ -97,8 +97,10 @@ impl Hop {
             headers.insert(X_FORWARDED_PROTO_NAME, HeaderValue::from_static("http"));
         }
         if !headers.contains_key(X_REQUEST_ID_NAME)
-            && let Ok(v) = HeaderValue::from_bytes(&request_id(rand::random::<u128>()))
+            && let Ok(mut v) = HeaderValue::from_bytes(&request_id(rand::random::<u128>()))
         {
+            // Unique per request: not worth a slot in an HTTP/2 peer's HPACK table.
+            v.set_sensitive(true);
             headers.insert(X_REQUEST_ID_NAME, v);
         }
         Ok(())

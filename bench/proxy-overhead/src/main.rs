@@ -49,7 +49,8 @@ struct Args {
     /// Measured seconds per point (overrides --quick's and the default 20 s).
     #[arg(long)]
     seconds: Option<f64>,
-    /// Worker threads of each trellis-proxy (`TRELLIS_PROXY_WORKERS`); default: one per core.
+    /// Serving threads of each trellis-proxy (`TRELLIS_PROXY_WORKERS`);
+    /// default: the proxy's own (the cgroup's CPU limit, else one per core).
     #[arg(long)]
     proxy_workers: Option<usize>,
     /// Warm-up seconds per point (overrides --quick's 0.5 s and the default 2 s).

@@ -3,6 +3,7 @@
 //! shutdown (stop accepting, `Connection: close` / GOAWAY, drain, then cut).
 
 pub mod guard;
+pub mod workers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

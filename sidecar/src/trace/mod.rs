@@ -247,7 +247,9 @@ fn inject(cx: &SpanContext, headers: &mut HeaderMap) {
         &mut buf[53..55],
         u128::from((cx.trace_flags() & TraceFlags::SAMPLED).to_u8()),
     );
-    if let Ok(v) = HeaderValue::from_bytes(&buf) {
+    if let Ok(mut v) = HeaderValue::from_bytes(&buf) {
+        // Unique per hop: indexing it in HPACK would only evict what repeats.
+        v.set_sensitive(true);
         headers.insert(TRACEPARENT, v);
     }
     let state = cx.trace_state().header();
