@@ -25,7 +25,10 @@ use crate::proxy::{
 };
 use crate::resolve::{Conflict, resolve};
 
-/// Pod-template annotation carrying the proxy config's hash: a policy change rolls the pods.
+/// Pod-template annotation carrying the hash of the proxy settings a running
+/// sidecar cannot reload (see [`restart_hash`]): only a change to those rolls
+/// the pods. Policies and upstreams reach running sidecars through the
+/// mounted ConfigMap, which the sidecar reloads.
 pub const CONFIG_HASH_ANNOTATION: &str = "mesh.trellis.dev/config-hash";
 /// Selector label of a MeshService's pods.
 pub const SERVICE_LABEL: &str = "mesh.trellis.dev/service";
@@ -77,7 +80,10 @@ pub struct Rendered {
     /// Only with more than one replica.
     pub pdb: Option<PodDisruptionBudget>,
     pub proxy_config: ProxyConfig,
+    /// Hash of the whole proxy config (the ConfigMap's content).
     pub config_hash: String,
+    /// Hash of what only a restart applies; the pod template carries it.
+    pub restart_hash: String,
     /// Policies in effect for calls into this service.
     pub policies: Vec<String>,
     /// Conflicts among the policies this service's config was resolved from.
@@ -121,7 +127,8 @@ pub fn render(
 
     let proxy_config = proxy_config(svc, &name, &namespace, policies, settings);
     let config_yaml = proxy_config.to_yaml();
-    let config_hash = hex::encode(&Sha256::digest(config_yaml.as_bytes())[..8]);
+    let config_hash = short_hash(config_yaml.as_bytes());
+    let restart_hash = restart_hash(&proxy_config);
 
     let resolution = resolve(policies);
     let relevant = |c: &&Conflict| {
@@ -172,7 +179,7 @@ pub fn render(
                     labels: Some(template_labels),
                     annotations: Some(BTreeMap::from([(
                         CONFIG_HASH_ANNOTATION.to_string(),
-                        config_hash.clone(),
+                        restart_hash.clone(),
                     )])),
                     ..Default::default()
                 }),
@@ -259,8 +266,29 @@ pub fn render(
         policies: resolution.policies_for(&namespace, &name),
         proxy_config,
         config_hash,
+        restart_hash,
         conflicts,
     })
+}
+
+fn short_hash(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
+}
+
+/// Hash of the parts of a proxy config that a running sidecar applies only
+/// at start: who it is, where it listens, its tracing and its logging.
+/// Everything else (upstreams, policies, inbound limits, HTTP settings) is
+/// hot-reloaded from the mounted file, so changing it need not restart pods.
+pub fn restart_hash(config: &ProxyConfig) -> String {
+    let fixed = (
+        &config.identity,
+        &config.listeners,
+        &config.tracing,
+        &config.log,
+    );
+    let text =
+        serde_json::to_string(&fixed).unwrap_or_else(|e| panic!("proxy config serializes: {e}"));
+    short_hash(text.as_bytes())
 }
 
 /// The sidecar config of one MeshService.

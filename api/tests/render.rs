@@ -117,7 +117,7 @@ fn deployment_runs_the_app_with_the_sidecar() {
         .annotations
         .as_ref()
         .unwrap();
-    assert_eq!(annotations[CONFIG_HASH_ANNOTATION], r.config_hash);
+    assert_eq!(annotations[CONFIG_HASH_ANNOTATION], r.restart_hash);
     let pod = template.spec.as_ref().unwrap();
     assert!(is_injected(pod));
     assert_eq!(pod.service_account_name.as_deref(), Some("orders"));
@@ -225,6 +225,35 @@ fn config_hash_follows_relevant_policies_only() {
         rendered(&reordered).config_hash,
         base,
         "order of inputs does not matter"
+    );
+}
+
+#[test]
+fn a_policy_change_reaches_the_config_map_but_keeps_the_pod_template() {
+    let base = rendered(&policies());
+    let mut changed = policies();
+    changed[0] = policy("payments", "payments", "  retry: {attempts: 4}\n");
+    let after = rendered(&changed);
+    assert_ne!(
+        after.config_map, base.config_map,
+        "the sidecars get the new policy"
+    );
+    assert_eq!(
+        after.deployment, base.deployment,
+        "running sidecars reload it: no rollout"
+    );
+
+    let settings = Settings {
+        tracing: trellis_api::proxy::Tracing {
+            otlp_endpoint: Some("http://jaeger:4317".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let traced = render(&orders(), &policies(), &settings).unwrap();
+    assert_ne!(
+        traced.restart_hash, base.restart_hash,
+        "tracing applies at start only: the pods roll"
     );
 }
 

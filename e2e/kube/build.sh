@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Build the upstream Kubernetes binaries the e2e control plane needs
-# (kube-apiserver, kube-controller-manager, kubectl) from the Go module pinned
-# in e2e/kube/go.mod, into a cache dir keyed by version. Skips any binary that
-# is already there, so a warm call costs milliseconds.
+# Build upstream Kubernetes binaries from the Go module pinned in
+# e2e/kube/go.mod, into a cache dir keyed by version. Skips any binary that is
+# already there, so a warm call costs milliseconds.
 #
-#   e2e/kube/build.sh            # build what is missing, print the bin dir
+#   e2e/kube/build.sh            # the test control plane's: kube-apiserver, kube-controller-manager, kubectl
+#   e2e/kube/build.sh node       # those plus a kind node's: kubeadm, kubelet, kube-scheduler, kube-proxy
+#   e2e/kube/build.sh kubelet    # just the commands named
 #   TRELLIS_KUBE_CACHE=/x e2e/kube/build.sh
+#
+# Prints the bin dir.
 #
 # The Go build cache and module cache stay in their default locations.
 set -euo pipefail
@@ -21,7 +24,16 @@ minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
 
 cache="${TRELLIS_KUBE_CACHE:-$HOME/.cache/trellis/kube}"
 bindir="$cache/$KUBE_VERSION/bin"
-cmds=(kube-apiserver kube-controller-manager kubectl)
+control_plane=(kube-apiserver kube-controller-manager kubectl)
+cmds=()
+for arg in "$@"; do
+  case "$arg" in
+    node) cmds+=("${control_plane[@]}" kubeadm kubelet kube-scheduler kube-proxy) ;;
+    kube-apiserver | kube-controller-manager | kubectl | kubeadm | kubelet | kube-scheduler | kube-proxy) cmds+=("$arg") ;;
+    *) echo "build.sh: unknown command $arg (want node or a command of e2e/kube/tools.go)" >&2; exit 2 ;;
+  esac
+done
+((${#cmds[@]})) || cmds=("${control_plane[@]}")
 
 missing=()
 for c in "${cmds[@]}"; do
@@ -52,9 +64,18 @@ if ((gomaj > 1 || gomin >= 27)); then
 fi
 
 mkdir -p "$bindir"
+# One build at a time per cache (CI and a developer's shell may share it);
+# whoever waited rebuilds only what is still missing.
+exec 9>"$bindir/.build.lock"
+flock 9
+still=()
+for c in "${missing[@]}"; do
+  [[ -x "$bindir/$c" ]] || still+=("$c")
+done
+missing=("${still[@]}")
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
 cd "$here"
-for c in "${missing[@]}"; do
+for c in "${missing[@]+"${missing[@]}"}"; do
   echo "build.sh: building $c $KUBE_VERSION (Go $gov${GOEXPERIMENT:+, GOEXPERIMENT=$GOEXPERIMENT}) ..." >&2
   start=$SECONDS
   # Build to a temp name and rename, so an interrupted build never leaves a

@@ -6,6 +6,8 @@
 //! Without `TRELLIS_TEST_KUBECONFIG` a test says it is skipped and returns —
 //! except under CI, where a missing control plane is a failure, not a skip.
 
+pub mod cluster;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};

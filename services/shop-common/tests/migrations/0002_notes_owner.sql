@@ -1,0 +1,1 @@
+CREATE UNIQUE INDEX notes_owner_body ON notes (owner, body);
