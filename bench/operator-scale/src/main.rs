@@ -3,14 +3,15 @@
 //! Runs the release `trellis-operator` as its own process (watching one
 //! namespace, no webhooks, no leader election) and measures three things:
 //!
-//! 1. **memory**: MeshServices (and a policy for every fifth) are created
-//!    100 at a time; after each step has converged, the operator's RSS;
-//! 2. **convergence**: a fresh operator and namespace, every MeshService and
-//!    policy created at once; the time until every child object exists and
-//!    every status is written and current;
-//! 3. **a policy change**: one policy's spec is edited; which ConfigMaps and
+//! 1. **convergence**: every MeshService and policy created at once; the
+//!    time until every child object exists and every status is written and
+//!    current;
+//! 2. **a policy change**: one policy's spec is edited; which ConfigMaps and
 //!    Deployments were rewritten (by resourceVersion), and the reconciles
-//!    and writes it cost (from the operator's own metrics).
+//!    and writes it cost (from the operator's own metrics);
+//! 3. **memory**: a fresh operator and namespace; MeshServices (and a policy
+//!    for every fifth) are created 100 at a time; after each step has
+//!    converged, the operator's RSS.
 //!
 //! Topology: `svc-i` calls `svc-(i-1)`, `svc-(i-10)` and `svc-(i-100)`
 //! (those that exist), so a service has up to three callers; policy `j`
@@ -80,13 +81,19 @@ async fn main() -> anyhow::Result<()> {
     };
     let timeout = Duration::from_secs(args.timeout_secs);
 
-    if !args.no_steps {
-        memory_steps(&args, &client, &mesh, timeout).await?;
-    }
+    // Namespaces are deleted at the end: their garbage collection would
+    // load the API server while the next phase is measured.
+    let mut namespaces = Vec::new();
     let (ns, operator, watch) = convergence(&args, &client, &mesh, timeout).await?;
+    namespaces.push(ns.clone());
     policy_change(&client, &mesh, &ns, &operator, &watch, timeout).await?;
-    drop(operator);
-    delete_namespace(&client, &ns).await;
+    drop((operator, watch));
+    if !args.no_steps {
+        namespaces.push(memory_steps(&args, &client, &mesh, timeout).await?);
+    }
+    for ns in namespaces {
+        delete_namespace(&client, &ns).await;
+    }
     Ok(())
 }
 
@@ -360,11 +367,22 @@ impl Watch {
 
     /// Waits until the first `n` services have converged.
     async fn converged(&self, mesh: &Mesh, n: usize, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut progress = start;
         loop {
             let pending = self.pending(mesh, n);
             if pending.is_empty() {
                 return Ok(());
+            }
+            if progress.elapsed() >= Duration::from_secs(10) {
+                progress = Instant::now();
+                eprintln!(
+                    "{:>5.0} s: {} things pending, e.g. {:?}",
+                    start.elapsed().as_secs_f64(),
+                    pending.len(),
+                    &pending[..pending.len().min(2)]
+                );
             }
             if Instant::now() > deadline {
                 bail!(
@@ -547,7 +565,7 @@ async fn memory_steps(
     client: &Client,
     mesh: &Mesh,
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let ns = namespace(client, "scale-steps").await?;
     let operator = Operator::start(args, &ns)?;
     let watch = Watch::start(client, &ns).await?;
@@ -581,10 +599,7 @@ async fn memory_steps(
         n = to;
     }
     println!();
-    drop(watch);
-    drop(operator);
-    delete_namespace(client, &ns).await;
-    Ok(())
+    Ok(ns)
 }
 
 async fn convergence(
