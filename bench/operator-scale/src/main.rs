@@ -720,7 +720,9 @@ async fn policy_change(
     {
         println!("- `{series}`: {d}");
     }
-    let only_callers = cms == callers && deps == callers;
+    // A caller's Deployment changes only when its pods must restart (the
+    // proxy reloads a policy change on its own), so it may stay as it was.
+    let only_callers = cms == callers && deps.is_subset(&callers);
     println!(
         "- only the affected callers re-rendered: {}",
         if only_callers { "yes" } else { "NO" }
