@@ -131,7 +131,7 @@ impl Mesh {
 
     fn replicas(&self, i: usize) -> i32 {
         // Every tenth service is replicated (and gets a PodDisruptionBudget).
-        if i % 10 == 0 { 2 } else { 1 }
+        if i.is_multiple_of(10) { 2 } else { 1 }
     }
 
     fn service(&self, i: usize) -> anyhow::Result<MeshService> {
