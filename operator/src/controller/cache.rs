@@ -2,7 +2,9 @@
 //!
 //! Every store here is fed by the same watch that triggers the controller
 //! reading it (the object is stored before the trigger fires), so a reconcile
-//! never starts from data older than its trigger. With 1,000 MeshServices a
+//! never starts from data older than its trigger (except during a re-list:
+//! a store keeps its old contents until the list ends, and the periodic
+//! resync covers that). With 1,000 MeshServices a
 //! LIST of the mesh per reconcile, and a GET per child, cost the API server
 //! more than everything else the operator does.
 

@@ -54,14 +54,18 @@ impl Running {
         let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("outbound=") {
-                    let addr: String = line[i + 9..]
+                // Logged before the address is passed on: whoever waits for
+                // the start line may read the log at once.
+                let addr = line.find("outbound=").map(|i| {
+                    line[i + 9..]
                         .chars()
                         .take_while(|c| !c.is_whitespace())
-                        .collect();
+                        .collect::<String>()
+                });
+                lines.lock().unwrap().push(line);
+                if let Some(addr) = addr {
                     let _ = tx.send(addr);
                 }
-                lines.lock().unwrap().push(line);
             }
         });
         let outbound = rx
