@@ -48,19 +48,23 @@ pub struct Applier {
     app_client: HttpClient,
     http: Published<HttpSettings>,
     applied: watch::Sender<Arc<ProxyConfig>>,
+    /// Serving threads, each with its own connection pools.
+    lanes: usize,
 }
 
 impl Applier {
     /// Applies `config` (static upstreams are routable when this returns)
-    /// and returns the applier with what it publishes.
+    /// and returns the applier with what it publishes. `lanes`: how many
+    /// serving threads the listeners run on.
     pub fn start(
         config: Arc<ProxyConfig>,
         metrics: &Metrics,
         telemetry: Arc<Telemetry>,
         kube: KubeClient,
+        lanes: usize,
     ) -> (Applier, Views) {
         let inbound_limits = InboundResilience::new(&config.inbound, metrics);
-        let app_client = HttpClient::new(app_client_settings(&config.http));
+        let app_client = HttpClient::new(app_client_settings(&config.http), lanes);
         let inbound_stack = inbound_stack::build(inbound_stack::InboundTarget {
             app: &config.app,
             limits: &inbound_limits,
@@ -82,6 +86,7 @@ impl Applier {
             app_client,
             http,
             applied,
+            lanes,
         };
         applier.apply(config);
         let views = Views {
@@ -127,12 +132,13 @@ impl Applier {
                 telemetry: &self.telemetry,
                 kube: &self.kube,
                 http: &config.http,
+                lanes: self.lanes,
             },
         ));
         self.table = table.clone();
         self.routes.set_arc(table);
         if old.http.body_idle_timeout != config.http.body_idle_timeout {
-            self.app_client = HttpClient::new(app_client_settings(&config.http));
+            self.app_client = HttpClient::new(app_client_settings(&config.http), self.lanes);
         }
         self.inbound_limits = self.inbound_limits.reload(&config.inbound, &self.metrics);
         self.inbound

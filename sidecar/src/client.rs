@@ -4,12 +4,13 @@
 //! knowledge, no upgrade dance).
 //!
 //! Connections are pooled per endpoint address by hyper-util's client; one
-//! client pair exists per upstream (and one for the app), so pool settings
-//! follow the upstream's policy and a reloaded upstream gets fresh pools while
-//! requests on the old ones finish.
+//! client pair exists per upstream (and one for the app) and serving thread,
+//! so pool settings follow the upstream's policy, a reloaded upstream gets
+//! fresh pools while requests on the old ones finish, and a request never
+//! waits on a connection another thread drives.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -20,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Body;
 use crate::error::ProxyError;
+use crate::server::workers::lane;
 use crate::stall;
 
 /// Which HTTP version to speak to the endpoint.
@@ -35,14 +37,21 @@ pub enum Wire {
 pub struct HttpClient {
     /// Shared: a clone per request (each attempt takes one) is then one
     /// reference count, not two hyper clients' worth of them.
-    inner: Arc<Clients>,
+    inner: Arc<Lanes>,
+}
+
+/// One pair of pools per serving thread ([`lane`]), made on first use, so a
+/// pooled connection is driven by the thread whose requests use it.
+#[derive(Debug)]
+struct Lanes {
+    settings: ClientSettings,
+    lanes: Box<[OnceLock<Clients>]>,
 }
 
 #[derive(Debug)]
 struct Clients {
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
-    body_idle_timeout: Duration,
 }
 
 /// Connection settings of one client.
@@ -79,8 +88,8 @@ fn authority_of(to: SocketAddr) -> Result<Authority, http::uri::InvalidUri> {
     Ok(a)
 }
 
-impl HttpClient {
-    pub fn new(settings: ClientSettings) -> Self {
+impl Clients {
+    fn new(settings: &ClientSettings) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
@@ -97,15 +106,29 @@ impl HttpClient {
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .http2_keep_alive_timeout(Duration::from_secs(10))
-            .http2_adaptive_window(true)
+            // Fixed windows (hyper's: 5 MiB per connection, 2 MiB per
+            // stream); an adaptive one pings per burst of data (server/mod.rs).
             .build(connector);
+        Clients { h1, h2 }
+    }
+}
+
+impl HttpClient {
+    /// A client for `lanes` serving threads (1 when requests are served on
+    /// one runtime).
+    pub fn new(settings: ClientSettings, lanes: usize) -> Self {
         HttpClient {
-            inner: Arc::new(Clients {
-                h1,
-                h2,
-                body_idle_timeout: settings.body_idle_timeout,
+            inner: Arc::new(Lanes {
+                settings,
+                lanes: (0..lanes.max(1)).map(|_| OnceLock::new()).collect(),
             }),
         }
+    }
+
+    /// The pools of the thread this runs on.
+    fn clients(&self) -> &Clients {
+        let lanes = &self.inner.lanes;
+        lanes[lane().min(lanes.len() - 1)].get_or_init(|| Clients::new(&self.inner.settings))
     }
 
     /// Sends `req` to `to`. The request's path and headers are kept; its URI
@@ -138,15 +161,15 @@ impl HttpClient {
         *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest)?;
         let sent = if h2 {
             *req.version_mut() = Version::HTTP_2;
-            self.inner.h2.request(req).await
+            self.clients().h2.request(req).await
         } else {
             if req.version() != Version::HTTP_10 {
                 *req.version_mut() = Version::HTTP_11;
             }
-            self.inner.h1.request(req).await
+            self.clients().h1.request(req).await
         };
         let rsp = sent.map_err(|e| ProxyError::of_client_error(&e))?;
-        let idle = self.inner.body_idle_timeout;
+        let idle = self.inner.settings.body_idle_timeout;
         Ok(rsp.map(|b| stall::bounded(b, idle)))
     }
 }

@@ -31,6 +31,9 @@ use crate::upgrade::{self, Pending};
 use crate::{HttpService, stall};
 use trellis_api::proxy::HttpSettings;
 
+/// How many headers a forwarded request may gain on its way through.
+const ADDED_HEADERS: usize = 8;
+
 /// Where a request goes, and whose metrics count it.
 pub struct Route {
     pub stack: HttpService,
@@ -80,6 +83,10 @@ impl<R: Router> Handler for Edge<R> {
         let settings = edge.settings.load();
         let stall = settings.body_idle_timeout.as_std();
         let mut req = req.map(|b| stall::bounded(b, stall));
+        // Room for what hygiene and tracing add (Via, x-forwarded-*,
+        // x-request-id, traceparent, tracestate, Host): one growth of the
+        // map instead of one per insert.
+        req.headers_mut().reserve(ADDED_HEADERS);
         let caller = Caller::of(req.headers());
         let routed = edge
             .hop

@@ -97,8 +97,10 @@ impl Hop {
             headers.insert(X_FORWARDED_PROTO_NAME, HeaderValue::from_static("http"));
         }
         if !headers.contains_key(X_REQUEST_ID_NAME)
-            && let Ok(v) = HeaderValue::from_bytes(&request_id(rand::random::<u128>()))
+            && let Ok(mut v) = HeaderValue::from_bytes(&request_id(rand::random::<u128>()))
         {
+            // Unique per request: not worth a slot in an HTTP/2 peer's HPACK table.
+            v.set_sensitive(true);
             headers.insert(X_REQUEST_ID_NAME, v);
         }
         Ok(())
@@ -251,28 +253,32 @@ fn ip_value(remote: SocketAddr) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
-/// Appends `value` to a comma-separated list header, keeping one line.
+/// Appends `value` to a comma-separated list header, keeping one line
+/// (values that are not visible ASCII are dropped from it).
 fn append_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
     match headers.entry(name) {
         Entry::Vacant(e) => {
             e.insert(value);
         }
         Entry::Occupied(mut e) => {
-            let mut joined = String::new();
-            for v in e.iter().filter_map(|v| v.to_str().ok()) {
-                joined.push_str(v);
-                joined.push_str(", ");
+            let kept = || e.iter().filter(|v| v.to_str().is_ok());
+            let len: usize = kept().map(|v| v.len() + 2).sum();
+            if len == 0 {
+                e.insert(value);
+                return;
             }
-            let value = if joined.is_empty() {
-                value
-            } else {
-                joined.push_str(value.to_str().unwrap_or_default());
-                match HeaderValue::from_str(&joined) {
-                    Ok(v) => v,
-                    Err(_) => return,
-                }
-            };
-            e.insert(value);
+            // One allocation, handed to the header value as is.
+            let mut joined = Vec::with_capacity(len + value.len());
+            for v in kept() {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            if value.to_str().is_ok() {
+                joined.extend_from_slice(value.as_bytes());
+            }
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+                e.insert(v);
+            }
         }
     }
 }

@@ -7,7 +7,9 @@
 //!   [`ProxyHandle::reload`] send them); it publishes ([`published`]) what the
 //!   listeners and [`admin`] read.
 //! - [`server`]: listeners (HTTP/1.1 + h2c), protocol limits, graceful drain;
-//!   [`server::guard`] stops request smuggling and slowloris below hyper.
+//!   [`server::guard`] stops request smuggling and slowloris below hyper;
+//!   [`server::workers`] the serving threads, sized by [`cgroup`] (the
+//!   container's CPU limit) in the binary.
 //! - [`edge`]: where every request enters and its one response leaves, on
 //!   both listeners: [`hygiene`] (request-head rules, hop-by-hop, `Via`,
 //!   loops), [`respond`] (errors become HTTP or gRPC answers), [`observe`]
@@ -24,6 +26,7 @@ pub mod admin;
 pub mod apply;
 pub mod balance;
 pub mod body;
+pub mod cgroup;
 pub mod client;
 pub mod discovery;
 pub mod edge;

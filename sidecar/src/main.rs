@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use trellis_api::proxy::ProxyConfig;
-use trellis_proxy::{Options, Proxy};
+use trellis_proxy::{Options, Proxy, cgroup};
 
 #[derive(Parser, Debug)]
 #[command(name = "trellis-proxy", version, about = "The Trellis sidecar proxy")]
@@ -37,17 +37,13 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // A sidecar shares its pod's CPU with the app: let the pod spec cap the
-    // proxy's threads (default: one per core).
-    if let Some(n) = std::env::var("TRELLIS_PROXY_WORKERS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
+    let workers = serving_threads();
+    // The control side (config, discovery, admin, span export) runs here;
+    // requests run on the serving threads, one runtime each.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
     {
-        builder.worker_threads(n);
-    }
-    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("trellis-proxy: cannot start the runtime: {e}");
@@ -57,6 +53,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let opts = Options {
             config_path: Some(args.config),
+            workers: Some(workers),
             ..Options::default()
         };
         let proxy = match Proxy::start_with(config, opts).await {
@@ -70,6 +67,39 @@ fn main() -> ExitCode {
         proxy.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// A sidecar shares its pod's CPU with the app: `TRELLIS_PROXY_WORKERS`
+/// if set, else one thread per whole CPU of the container's limit (its
+/// cgroup), else one per core.
+fn serving_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Ok(text) = std::env::var("TRELLIS_PROXY_WORKERS") {
+        match text.trim().parse::<usize>() {
+            Ok(n) if n > 0 => {
+                tracing::info!(workers = n, "serving threads from TRELLIS_PROXY_WORKERS");
+                return n;
+            }
+            _ => tracing::warn!(
+                value = text,
+                "TRELLIS_PROXY_WORKERS is not a positive number; ignored"
+            ),
+        }
+    }
+    match cgroup::cpu_limit() {
+        Some(limit) => {
+            let n = cgroup::workers_for(Some(limit.cpus), cores);
+            tracing::info!(workers = n, %limit, "serving threads from the container's CPU limit");
+            n
+        }
+        None => {
+            tracing::info!(
+                workers = cores,
+                "serving threads: one per core (no CPU limit)"
+            );
+            cores
+        }
+    }
 }
 
 /// `RUST_LOG` wins over the config's level, for debugging a running pod.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -23,6 +24,7 @@ use crate::hygiene::Hop;
 use crate::inbound::InboundRouter;
 use crate::metrics::Metrics;
 use crate::outbound::{EndpointGauges, OutboundRouter};
+use crate::server::workers::Workers;
 use crate::server::{self, Shutdown};
 use crate::trace::Telemetry;
 use trellis_api::proxy::ProxyConfig;
@@ -39,6 +41,11 @@ pub struct Options {
     pub reload_interval: Duration,
     /// For `kubernetes` discovery; default: in-cluster or `KUBECONFIG`, made on first use.
     pub kube_client: Option<kube::Client>,
+    /// Serving threads for the inbound and outbound listeners, each with its
+    /// own runtime, listening socket and connection pools
+    /// ([`crate::server::workers`]). `None`: they are served on the runtime
+    /// that starts the proxy (tests, embedding).
+    pub workers: Option<usize>,
 }
 
 impl Default for Options {
@@ -47,6 +54,7 @@ impl Default for Options {
             config_path: None,
             reload_interval: Duration::from_secs(1),
             kube_client: None,
+            workers: None,
         }
     }
 }
@@ -67,6 +75,8 @@ pub struct ProxyHandle {
     telemetry: Arc<Telemetry>,
     shutdown: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
+    /// Declared last: dropped after everything above, it stops the serving threads.
+    workers: Option<Workers>,
 }
 
 impl Proxy {
@@ -77,21 +87,37 @@ impl Proxy {
     /// Binds the listeners, starts discovery and serves. Returns once every
     /// listener accepts (static upstreams are routable at once).
     pub async fn start_with(config: ProxyConfig, opts: Options) -> anyhow::Result<ProxyHandle> {
-        let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the {what} listener on {addr}"))
+        let workers = opts
+            .workers
+            .map(Workers::start)
+            .transpose()
+            .context("starting the serving threads")?;
+        let bind = |addr: SocketAddr, what: &'static str| {
+            let listeners = match &workers {
+                Some(w) => w.bind(addr),
+                None => std::net::TcpListener::bind(addr)
+                    .and_then(|l| {
+                        l.set_nonblocking(true)?;
+                        TcpListener::from_std(l)
+                    })
+                    .map(|l| vec![l]),
+            };
+            listeners.with_context(|| format!("binding the {what} listener on {addr}"))
         };
-        let inbound_l = bind(config.listeners.inbound, "inbound").await?;
-        let outbound_l = bind(config.listeners.outbound, "outbound").await?;
-        let admin_l = bind(config.listeners.admin, "admin").await?;
+        let inbound_ls = bind(config.listeners.inbound, "inbound")?;
+        let outbound_ls = bind(config.listeners.outbound, "outbound")?;
+        let admin_l = TcpListener::bind(config.listeners.admin)
+            .await
+            .with_context(|| format!("binding the admin listener on {}", config.listeners.admin))?;
+        let lanes = workers.as_ref().map_or(1, Workers::len);
 
         let metrics = Metrics::new();
         let telemetry = Arc::new(Telemetry::new(&config.tracing, &config.identity, &metrics)?);
         let instance = format!("{:08x}", rand::random::<u32>());
         let kube = opts.kube_client.map(KubeClient::given).unwrap_or_default();
         let config = Arc::new(config);
-        let (applier, views) = Applier::start(config.clone(), &metrics, telemetry.clone(), kube);
+        let (applier, views) =
+            Applier::start(config.clone(), &metrics, telemetry.clone(), kube, lanes);
         metrics
             .registry()
             .register(Box::new(EndpointGauges::new(&views.routes)))
@@ -119,33 +145,44 @@ impl Proxy {
             OutboundRouter::new(views.routes.clone(), &metrics),
         );
         let admin = AdminHandler::new(metrics.clone(), views.clone());
+        let inbound_addr = inbound_ls[0].local_addr()?;
+        let outbound_addr = outbound_ls[0].local_addr()?;
+        let admin_addr = admin_l.local_addr()?;
+        let runtimes: Vec<Handle> = match &workers {
+            Some(w) => w.handles().to_vec(),
+            None => vec![Handle::current()],
+        };
+        let mut listeners = Vec::new();
+        for ((inbound_l, outbound_l), runtime) in
+            inbound_ls.into_iter().zip(outbound_ls).zip(&runtimes)
+        {
+            listeners.push(runtime.spawn(server::serve(
+                "inbound",
+                inbound_l,
+                inbound.clone(),
+                views.http.clone(),
+                signal.clone(),
+            )));
+            listeners.push(runtime.spawn(server::serve(
+                "outbound",
+                outbound_l,
+                outbound.clone(),
+                views.http.clone(),
+                signal.clone(),
+            )));
+        }
+        listeners.push(tokio::spawn(server::serve(
+            "admin",
+            admin_l,
+            admin,
+            views.http.clone(),
+            signal,
+        )));
         let handle = ProxyHandle {
-            inbound_addr: inbound_l.local_addr()?,
-            outbound_addr: outbound_l.local_addr()?,
-            admin_addr: admin_l.local_addr()?,
-            listeners: vec![
-                tokio::spawn(server::serve(
-                    "inbound",
-                    inbound_l,
-                    inbound,
-                    views.http.clone(),
-                    signal.clone(),
-                )),
-                tokio::spawn(server::serve(
-                    "outbound",
-                    outbound_l,
-                    outbound,
-                    views.http.clone(),
-                    signal.clone(),
-                )),
-                tokio::spawn(server::serve(
-                    "admin",
-                    admin_l,
-                    admin,
-                    views.http.clone(),
-                    signal,
-                )),
-            ],
+            inbound_addr,
+            outbound_addr,
+            admin_addr,
+            listeners,
             metrics,
             views,
             configs: Some(configs),
@@ -153,12 +190,14 @@ impl Proxy {
             watcher,
             telemetry,
             shutdown,
+            workers,
         };
         info!(
             inbound = %handle.inbound_addr,
             outbound = %handle.outbound_addr,
             admin = %handle.admin_addr,
             instance,
+            workers = lanes,
             "trellis-proxy started"
         );
         Ok(handle)
@@ -211,6 +250,8 @@ impl ProxyHandle {
             let _ = a.await;
         }
         self.telemetry.flush(TRACE_FLUSH).await;
+        // The serving threads stop with the handle, their pooled connections with them.
+        self.workers = None;
         info!("shut down");
     }
 }

@@ -49,9 +49,26 @@ struct Args {
     /// Measured seconds per point (overrides --quick's and the default 20 s).
     #[arg(long)]
     seconds: Option<f64>,
-    /// Worker threads of each trellis-proxy (`TRELLIS_PROXY_WORKERS`); default: one per core.
+    /// Serving threads of each trellis-proxy (`TRELLIS_PROXY_WORKERS`);
+    /// default: the proxy's own (the cgroup's CPU limit, else one per core).
     #[arg(long)]
     proxy_workers: Option<usize>,
+    /// Warm-up seconds per point (overrides --quick's 0.5 s and the default 2 s).
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Arms to run, comma separated (direct, trellis, haproxy, pair); the
+    /// added latency columns need `direct`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,trellis,haproxy,pair"
+    )]
+    arms: Vec<String>,
+    /// A command each trellis-proxy runs under, split on spaces (e.g.
+    /// `valgrind --tool=callgrind`); the proxy's role (one, client, server) is
+    /// in its environment as `TRELLIS_BENCH_PROXY`.
+    #[arg(long)]
+    proxy_wrapper: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +102,12 @@ struct Point {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let measure = args.seconds.unwrap_or(if args.quick { 2.0 } else { 20.0 });
-    let warmup = if args.quick { 0.5 } else { 2.0 };
+    let warmup = args.warmup.unwrap_or(if args.quick { 0.5 } else { 2.0 });
+    for arm in &args.arms {
+        if !["direct", "trellis", "haproxy", "pair"].contains(&arm.as_str()) {
+            bail!("unknown arm {arm:?} (direct, trellis, haproxy, pair)");
+        }
+    }
     let protos: Vec<Proto> = args
         .protocols
         .iter()
@@ -101,10 +123,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     let mut children: Vec<Child> = Vec::new();
     let result = run(&args, &protos, measure, warmup, echo, &work, &mut children);
-    for c in &mut children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    stop_children(&mut children);
     let _ = std::fs::remove_dir_all(&work);
     result
 }
@@ -118,38 +137,49 @@ fn run(
     work: &Path,
     children: &mut Vec<Child>,
 ) -> anyhow::Result<()> {
-    let mut arms = vec![Arm {
-        name: "direct",
-        h1: echo,
-        h2: echo,
-        pids: vec![],
-    }];
-    // One hop: the outbound listener routes to the echo server.
-    let (one, one_pid) = start_trellis(args, work, "one", echo, echo, children)?;
-    arms.push(Arm {
-        name: "trellis",
-        h1: one.outbound,
-        h2: one.outbound,
-        pids: vec![one_pid],
-    });
-    match start_haproxy(args, work, echo, children) {
-        Ok((h1, h2, pid)) => arms.push(Arm {
-            name: "haproxy",
-            h1,
-            h2,
-            pids: vec![pid],
-        }),
-        Err(e) => eprintln!("haproxy arm skipped: {e:#}"),
+    let wanted = |name: &str| args.arms.iter().any(|a| a == name);
+    let mut arms = Vec::new();
+    if wanted("direct") {
+        arms.push(Arm {
+            name: "direct",
+            h1: echo,
+            h2: echo,
+            pids: vec![],
+        });
     }
-    // A pair: client side routes to the server side's inbound, which forwards to echo.
-    let (server, server_pid) = start_trellis(args, work, "server", echo, echo, children)?;
-    let (client, client_pid) = start_trellis(args, work, "client", echo, server.inbound, children)?;
-    arms.push(Arm {
-        name: "pair",
-        h1: client.outbound,
-        h2: client.outbound,
-        pids: vec![client_pid, server_pid],
-    });
+    if wanted("trellis") {
+        // One hop: the outbound listener routes to the echo server.
+        let (one, one_pid) = start_trellis(args, work, "one", echo, echo, children)?;
+        arms.push(Arm {
+            name: "trellis",
+            h1: one.outbound,
+            h2: one.outbound,
+            pids: vec![one_pid],
+        });
+    }
+    if wanted("haproxy") {
+        match start_haproxy(args, work, echo, children) {
+            Ok((h1, h2, pid)) => arms.push(Arm {
+                name: "haproxy",
+                h1,
+                h2,
+                pids: vec![pid],
+            }),
+            Err(e) => eprintln!("haproxy arm skipped: {e:#}"),
+        }
+    }
+    if wanted("pair") {
+        // A pair: client side routes to the server side's inbound, which forwards to echo.
+        let (server, server_pid) = start_trellis(args, work, "server", echo, echo, children)?;
+        let (client, client_pid) =
+            start_trellis(args, work, "client", echo, server.inbound, children)?;
+        arms.push(Arm {
+            name: "pair",
+            h1: client.outbound,
+            h2: client.outbound,
+            pids: vec![client_pid, server_pid],
+        });
+    }
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -533,7 +563,16 @@ upstreams:
     let path = work.join(format!("{name}.yaml"));
     std::fs::write(&path, config)?;
     let log = work.join(format!("{name}.log"));
-    let mut cmd = Command::new(&args.proxy_bin);
+    let mut cmd = match args.proxy_wrapper.as_deref() {
+        Some(wrapper) => {
+            let mut words = wrapper.split_whitespace();
+            let mut cmd = Command::new(words.next().context("--proxy-wrapper is empty")?);
+            cmd.args(words).arg(&args.proxy_bin);
+            cmd
+        }
+        None => Command::new(&args.proxy_bin),
+    };
+    cmd.env("TRELLIS_BENCH_PROXY", name);
     if let Some(n) = args.proxy_workers {
         cmd.env("TRELLIS_PROXY_WORKERS", n.to_string());
     }
@@ -588,8 +627,27 @@ fn start_haproxy(
     Ok((h1, h2, pid))
 }
 
+/// SIGTERM, so a proxy shuts down as in a pod (and a profiler around it
+/// writes its output); SIGKILL for what is still running 15 s later.
+fn stop_children(children: &mut [Child]) {
+    for c in children.iter() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for c in children.iter_mut() {
+        while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Long enough for a proxy started under a profiler.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(addr).is_ok() {
             return Ok(());

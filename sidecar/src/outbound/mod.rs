@@ -53,6 +53,8 @@ pub struct BuildContext<'a> {
     pub telemetry: &'a Arc<Telemetry>,
     pub kube: &'a KubeClient,
     pub http: &'a HttpSettings,
+    /// Serving threads, each with its own connection pools.
+    pub lanes: usize,
 }
 
 /// Upstreams by name and by authority; replaced whole on reload.
@@ -88,7 +90,7 @@ impl RouteTable {
             };
             let client = match old {
                 Some(o) if o.client_settings == settings => o.client.clone(),
-                _ => HttpClient::new(settings),
+                _ => HttpClient::new(settings, cx.lanes),
             };
             let resilience = Arc::new(match old {
                 Some(o) => o.resilience.reload(up),

@@ -2,9 +2,10 @@
 //! a way `retryOn` names, the request can be replayed, and the budget allows.
 //!
 //! The inner service is re-invoked per attempt — it is "pick an endpoint,
-//! connect, send" — so a retry is balanced afresh. Every attempt carries the
-//! same [`TriedEndpoints`] (inserted once per request, cloned into each
-//! attempt), where the balancer records its picks and which it avoids.
+//! connect, send" — so a retry is balanced afresh. Every attempt of a request
+//! that may be retried carries the same [`TriedEndpoints`] (inserted once per
+//! request, cloned into each attempt), where the balancer records its picks
+//! and which it avoids; a request tried once goes down as it came.
 //!
 //! What is retried, and why not more:
 //! * only idempotent methods ([`is_idempotent`]), unless the
@@ -152,7 +153,26 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        Box::pin(run(self.inner.clone(), self.shared.clone(), req))
+        if self.shared.max_attempts(&req) > 1 {
+            return Box::pin(run(self.inner.clone(), self.shared.clone(), req));
+        }
+        // Tried once: nothing to replay and no endpoint to avoid, so the
+        // request goes down as it is (no copy of its head for a retry).
+        if let Some(budget) = &self.shared.budget {
+            budget.deposit(Instant::now());
+        }
+        Box::pin(self.inner.clone().oneshot(req))
+    }
+}
+
+impl Shared {
+    /// How many times `req` may be tried: once unless the policy retries
+    /// and the method may be repeated.
+    fn max_attempts<B>(&self, req: &Request<B>) -> u32 {
+        match &self.settings {
+            Some(s) if s.allow_non_idempotent || is_idempotent(req.method().as_str()) => s.attempts,
+            _ => 1,
+        }
     }
 }
 
@@ -220,13 +240,10 @@ where
     S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
     S::Future: Send + 'static,
 {
+    let max_attempts = shared.max_attempts(&req);
     let (mut parts, body) = req.into_parts();
     parts.extensions.get_or_insert_with(TriedEndpoints::default);
     let settings = shared.settings.as_ref();
-    let max_attempts = match settings {
-        Some(s) if s.allow_non_idempotent || is_idempotent(parts.method.as_str()) => s.attempts,
-        _ => 1,
-    };
     let mut plan = Plan::new(&parts, body, max_attempts > 1);
     if let Some(budget) = &shared.budget {
         budget.deposit(Instant::now());
@@ -502,7 +519,12 @@ mod tests {
                 async move {
                     let n = u.seen.lock().unwrap().len();
                     // What a balancer does: avoid what was tried, record its pick.
-                    let tried = req.extensions().get::<TriedEndpoints>().cloned().unwrap();
+                    // A request tried once carries none.
+                    let tried = req
+                        .extensions()
+                        .get::<TriedEndpoints>()
+                        .cloned()
+                        .unwrap_or_default();
                     let avoid = tried.list();
                     tried.push(ep(n));
                     let method = req.method().clone();

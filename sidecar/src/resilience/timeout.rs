@@ -35,7 +35,9 @@ fn narrow<B>(req: &mut Request<B>, candidate: Option<Instant>) -> Option<Instant
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    if let Some(d) = deadline {
+    if let Some(d) = deadline
+        && existing != Some(d)
+    {
         req.extensions_mut().insert(Deadline(d));
     }
     deadline
@@ -118,14 +120,14 @@ where
         };
         let deadline = narrow(&mut req, candidate);
         let fut = super::boxed(self.inner.call(req));
-        Box::pin(async move {
-            match deadline {
-                Some(d) => tokio::time::timeout_at(d, fut)
+        match deadline {
+            Some(d) => Box::pin(async move {
+                tokio::time::timeout_at(d, fut)
                     .await
-                    .unwrap_or(Err(ProxyError::Timeout)),
-                None => fut.await,
-            }
-        })
+                    .unwrap_or(Err(ProxyError::Timeout))
+            }),
+            None => fut,
+        }
     }
 }
 
@@ -175,15 +177,15 @@ where
         let deadline = narrow(&mut req, self.timeout.map(|t| Instant::now() + t));
         let per_try = self.timeout.is_some();
         let fut = super::boxed(self.inner.call(req));
-        Box::pin(async move {
-            match deadline {
-                // Only our own timer may fire here; the request deadline is enforced outside.
-                Some(d) if per_try => tokio::time::timeout_at(d, fut)
+        match deadline {
+            // Only our own timer may fire here; the request deadline is enforced outside.
+            Some(d) if per_try => Box::pin(async move {
+                tokio::time::timeout_at(d, fut)
                     .await
-                    .unwrap_or(Err(ProxyError::Timeout)),
-                _ => fut.await,
-            }
-        })
+                    .unwrap_or(Err(ProxyError::Timeout))
+            }),
+            _ => fut,
+        }
     }
 }
 

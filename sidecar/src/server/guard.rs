@@ -22,6 +22,7 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -34,6 +35,8 @@ use tokio::time::{Instant, Sleep};
 const REJECT: &[u8] = b"\x00 / HTTP/1.1\r\n\r\n";
 /// Chunk-size lines longer than this are not worth following.
 const MAX_CHUNK_LINE: usize = 1024;
+/// Header slots a head is parsed into without a heap allocation.
+const STACK_HEADERS: usize = 128;
 
 pub struct H1Guard<T> {
     inner: T,
@@ -225,26 +228,50 @@ impl Framing {
 
     /// Takes newly read bytes; appends the ones hyper may see to `out`.
     fn feed(&mut self, data: &[u8], out: &mut BytesMut) {
-        self.held.extend_from_slice(data);
+        if self.held.is_empty() {
+            // The common case, a read that ends on a message boundary: no copy kept.
+            let used = self.advance(data, out);
+            if self.state != State::Closed {
+                self.held.extend_from_slice(&data[used..]);
+            }
+        } else {
+            let mut held = std::mem::take(&mut self.held);
+            held.extend_from_slice(data);
+            let used = self.advance(&held, out);
+            if self.state == State::Closed {
+                held.clear();
+            } else {
+                held.drain(..used);
+            }
+            self.held = held;
+        }
+        if self.state == State::Head && self.held.len() > self.max_head {
+            // Too big to judge: hyper's own limit answers 431.
+            out.extend_from_slice(&self.held);
+            self.held.clear();
+            self.state = State::Passthrough;
+        }
+    }
+
+    /// Follows the framing over `input`, appending what hyper may see to
+    /// `out`; returns how many bytes it used (the rest is an incomplete head
+    /// or chunk-size line, to be held). Once closed, everything is dropped.
+    fn advance(&mut self, input: &[u8], out: &mut BytesMut) -> usize {
         let mut pos = 0;
-        while pos < self.held.len() {
-            let rest = &self.held[pos..];
+        while pos < input.len() {
+            let rest = &input[pos..];
             match self.state {
-                State::Closed => {
-                    self.held.clear();
-                    return;
-                }
+                State::Closed => return input.len(),
                 State::Passthrough => {
                     out.extend_from_slice(rest);
-                    pos = self.held.len();
+                    pos = input.len();
                 }
                 State::Head => match self.check_head(rest) {
                     None => break,
                     Some((_, Verdict::Reject)) => {
                         out.extend_from_slice(REJECT);
                         self.state = State::Closed;
-                        self.held.clear();
-                        return;
+                        return input.len();
                     }
                     Some((len, Verdict::Next(next))) => {
                         out.extend_from_slice(&rest[..len]);
@@ -320,22 +347,32 @@ impl Framing {
                 }
             }
         }
-        self.held.drain(..pos);
-        if self.state == State::Head && self.held.len() > self.max_head {
-            // Too big to judge: hyper's own limit answers 431.
-            out.extend_from_slice(&self.held);
-            self.held.clear();
-            self.state = State::Passthrough;
-        }
+        pos
     }
 
     /// `None`: the head is incomplete. `Some((len, verdict))` otherwise; a
     /// head the guard cannot parse is passed through for hyper to judge.
     fn check_head(&self, bytes: &[u8]) -> Option<(usize, Verdict)> {
+        // Up to STACK_HEADERS on the stack, uninitialised (httparse writes
+        // before anything reads); a larger configured limit on the heap.
+        let n = self.max_headers + 1;
+        if n <= STACK_HEADERS {
+            let mut headers = [const { MaybeUninit::uninit() }; STACK_HEADERS];
+            Self::judge_head(bytes, &mut headers[..n])
+        } else {
+            let mut headers = Vec::new();
+            headers.resize_with(n, MaybeUninit::uninit);
+            Self::judge_head(bytes, &mut headers)
+        }
+    }
+
+    fn judge_head<'b>(
+        bytes: &'b [u8],
+        headers: &mut [MaybeUninit<httparse::Header<'b>>],
+    ) -> Option<(usize, Verdict)> {
         // Leading empty lines before a request line are allowed (RFC 9112 §2.2).
-        let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers + 1];
-        let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(bytes) {
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(bytes, headers) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return None,
             Err(_) => return Some((bytes.len(), Verdict::Next(State::Passthrough))),

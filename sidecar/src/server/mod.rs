@@ -3,6 +3,7 @@
 //! shutdown (stop accepting, `Connection: close` / GOAWAY, drain, then cut).
 
 pub mod guard;
+pub mod workers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ use trellis_api::proxy::HttpSettings;
 
 /// hyper refuses read buffers smaller than this.
 const MIN_BUF_SIZE: usize = 8192;
+/// How many headers hyper's HTTP/1 parser takes unless told otherwise.
+const HYPER_MAX_HEADERS: usize = 100;
 
 /// Serves one request of one connection: every request gets a response.
 pub trait Handler: Clone + Send + Sync + 'static {
@@ -127,16 +130,22 @@ fn builder(http: &HttpSettings) -> auto::Builder<TokioExecutor> {
     // The head timeout is the guard's: hyper's also runs while a keep-alive
     // connection is idle, and would close pooled mesh connections every
     // `headerReadTimeout`, racing with requests the peer is about to send.
-    b.http1()
-        .timer(TokioTimer::new())
+    let mut h1 = b.http1();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(None)
-        .max_headers(http.max_headers as usize)
         .max_buf_size((http.max_header_bytes as usize).max(MIN_BUF_SIZE));
+    // hyper parses up to its default count on the stack; any explicit limit,
+    // even the same one, costs a heap buffer per request head.
+    if http.max_headers as usize != HYPER_MAX_HEADERS {
+        h1.max_headers(http.max_headers as usize);
+    }
+    // Fixed flow-control windows (hyper's, 1 MiB): an adaptive window pings
+    // the peer to measure bandwidth-delay on every burst of data, a frame
+    // each way per request on a mesh's short calls.
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(http.max_header_bytes)
         .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .adaptive_window(true);
+        .keep_alive_timeout(Duration::from_secs(10));
     b
 }

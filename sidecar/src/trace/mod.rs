@@ -21,8 +21,8 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _,
-    TracerProvider as _,
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+    TraceState, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
@@ -100,8 +100,16 @@ impl Telemetry {
         let _ = self.provider.shutdown_with_timeout(timeout);
     }
 
+    /// The caller's context. A canonical `traceparent` (what every W3C
+    /// tracer, and every trellis-proxy, writes) with no or an empty
+    /// `tracestate` is read here directly; anything else goes through the
+    /// SDK's propagator. Both give the same context (a test checks).
     fn extract(&self, headers: &HeaderMap) -> Context {
-        self.propagator.extract(&HeaderExtractor(headers))
+        match canonical_parent(headers) {
+            Some(Some(sc)) => Context::new().with_remote_span_context(sc),
+            Some(None) => Context::new(),
+            None => self.propagator.extract(&HeaderExtractor(headers)),
+        }
     }
 
     /// Starts the span of one inbound request; its context replaces the
@@ -221,15 +229,27 @@ fn inject(cx: &SpanContext, headers: &mut HeaderMap) {
     // 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    let flags = (cx.trace_flags() & TraceFlags::SAMPLED).to_u8();
-    let bytes = cx.trace_id().to_bytes().into_iter();
-    let bytes = bytes.chain(cx.span_id().to_bytes()).chain([flags]);
-    let slots = (3..35).step_by(2).chain((36..52).step_by(2)).chain([53]);
-    for (at, b) in slots.zip(bytes) {
-        buf[at] = HEX[usize::from(b >> 4)];
-        buf[at + 1] = HEX[usize::from(b & 0xf)];
-    }
-    if let Ok(v) = HeaderValue::from_bytes(&buf) {
+    let put = |buf: &mut [u8], mut v: u128| {
+        for d in buf.iter_mut().rev() {
+            *d = HEX[(v & 0xf) as usize];
+            v >>= 4;
+        }
+    };
+    put(
+        &mut buf[3..35],
+        u128::from_be_bytes(cx.trace_id().to_bytes()),
+    );
+    put(
+        &mut buf[36..52],
+        u128::from(u64::from_be_bytes(cx.span_id().to_bytes())),
+    );
+    put(
+        &mut buf[53..55],
+        u128::from((cx.trace_flags() & TraceFlags::SAMPLED).to_u8()),
+    );
+    if let Ok(mut v) = HeaderValue::from_bytes(&buf) {
+        // Unique per hop: indexing it in HPACK would only evict what repeats.
+        v.set_sensitive(true);
         headers.insert(TRACEPARENT, v);
     }
     let state = cx.trace_state().header();
@@ -241,6 +261,42 @@ fn inject(cx: &SpanContext, headers: &mut HeaderMap) {
     if let Ok(v) = state {
         headers.insert(TRACESTATE, v);
     }
+}
+
+/// `Some(parent)` when the trace headers are in the form the propagator
+/// needs no general parsing for: no `traceparent` at all (`Some(None)`), or
+/// `00-<32 lowercase hex>-<16 lowercase hex>-<2 lowercase hex>` with no or
+/// an empty `tracestate` (`Some(Some(_))`, or `Some(None)` for all-zero ids,
+/// which the propagator rejects). `None`: ask the propagator.
+fn canonical_parent(headers: &HeaderMap) -> Option<Option<SpanContext>> {
+    let Some(parent) = headers.get(TRACEPARENT) else {
+        return Some(None);
+    };
+    if headers
+        .get(TRACESTATE)
+        .is_some_and(|state| !state.is_empty())
+    {
+        return None;
+    }
+    let b = parent.as_bytes();
+    if b.len() != 55 || !b.starts_with(b"00-") || b[35] != b'-' || b[52] != b'-' {
+        return None;
+    }
+    fn hex(digits: &[u8]) -> Option<u128> {
+        digits.iter().try_fold(0u128, |acc, d| {
+            let v = match d {
+                b'0'..=b'9' => d - b'0',
+                b'a'..=b'f' => d - b'a' + 10,
+                _ => return None,
+            };
+            Some(acc << 4 | u128::from(v))
+        })
+    }
+    let trace_id = TraceId::from(hex(&b[3..35])?);
+    let span_id = SpanId::from(hex(&b[36..52])? as u64);
+    let flags = TraceFlags::new(hex(&b[53..55])? as u8) & TraceFlags::SAMPLED;
+    let sc = SpanContext::new(trace_id, span_id, flags, true, TraceState::default());
+    Some(sc.is_valid().then_some(sc))
 }
 
 fn authority<B>(req: &Request<B>) -> Option<String> {
@@ -369,7 +425,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{SpanId, TraceId, TraceState};
 
     #[test]
     fn inject_writes_what_the_propagator_writes() {
@@ -394,5 +449,93 @@ mod tests {
                 assert_eq!(ours[k.as_str()], v.as_str(), "{k}");
             }
         }
+    }
+
+    #[test]
+    fn canonical_parents_read_as_the_propagator_reads_them() {
+        let propagator = TraceContextPropagator::new();
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let cases: &[(&str, Option<&str>)] = &[
+            (parent, None),
+            (parent, Some("")),
+            (parent, Some("a=b")),
+            (
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+                None,
+            ),
+            (
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-ff",
+                None,
+            ),
+            (
+                "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+                None,
+            ),
+            (
+                "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+                None,
+            ),
+            (
+                "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+                None,
+            ),
+            (
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
+                None,
+            ),
+            (
+                "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                None,
+            ),
+            (
+                "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+                None,
+            ),
+            (
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-",
+                None,
+            ),
+            (
+                "00-+af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                None,
+            ),
+            (
+                "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                None,
+            ),
+            ("garbage", None),
+            ("", None),
+        ];
+        let telemetry = Telemetry::new(
+            &Tracing::default(),
+            &Identity {
+                service: "t".into(),
+                namespace: "t".into(),
+            },
+            &Metrics::new(),
+        )
+        .unwrap();
+        let mut fast = 0;
+        for (parent, state) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(TRACEPARENT, HeaderValue::from_str(parent).unwrap());
+            if let Some(s) = state {
+                headers.insert(TRACESTATE, HeaderValue::from_str(s).unwrap());
+            }
+            if canonical_parent(&headers).is_some() {
+                fast += 1;
+            }
+            let ours = telemetry.extract(&headers);
+            let theirs = propagator.extract(&HeaderExtractor(&headers));
+            assert_eq!(
+                ours.span().span_context(),
+                theirs.span().span_context(),
+                "{parent} / {state:?}"
+            );
+        }
+        // The cases above do exercise both paths.
+        assert!(fast >= 5 && fast < cases.len(), "{fast}");
+        let none = telemetry.extract(&HeaderMap::new());
+        assert!(!none.span().span_context().is_valid());
     }
 }
