@@ -1,5 +1,7 @@
-//! `trellis`: CRDs, manifest injection and checks from the command line.
+//! `trellis`: the mesh on one machine, CRDs, manifest injection and checks
+//! from the command line.
 
+mod dev;
 mod inject;
 
 use std::io::Read;
@@ -25,6 +27,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole mesh on this machine: every MeshService with its own
+    /// sidecar, RabbitMQ, and a status page.
+    Dev(dev::DevArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
     /// Add the trellis-proxy sidecar to the workloads of manifests (for GitOps); writes YAML to stdout.
@@ -96,6 +101,7 @@ fn check(file: &str) -> anyhow::Result<usize> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Dev(args) => dev::run(args)?,
         Command::Crds => {
             for (_, yaml) in trellis_api::crd::crd_documents() {
                 print!("---\n{yaml}");
