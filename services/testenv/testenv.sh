@@ -7,6 +7,9 @@
 #   bash services/testenv/testenv.sh down           # stop both, remove the dir
 #   bash services/testenv/testenv.sh deps           # apt-get install them
 #   bash services/testenv/testenv.sh rabbitmqctl …  # against the test broker
+#   bash services/testenv/testenv.sh broker-stop    # stop RabbitMQ (every connection
+#   bash services/testenv/testenv.sh broker-start   #   closes, none is accepted) and
+#                                                   #   start it again, data kept
 #
 # `up` exports SHOP_TEST_POSTGRES_URL (a superuser URL; each test creates its
 # own database), SHOP_TEST_AMQP_URL and SHOP_TESTENV_DIR (logs are in there).
@@ -194,5 +197,9 @@ case "${1:-}" in
   down) cmd_down "${2:-}" ;;
   deps) cmd_deps ;;
   rabbitmqctl) shift; rabbit_ctl "$@" ;;
-  *) die "usage: $0 up|down [dir]|deps|rabbitmqctl …" ;;
+  # The node (Erlang VM) stays up; the broker application stops and starts,
+  # with its listeners, durable queues and persistent messages kept on disk.
+  broker-stop) rabbit_ctl stop_app ;;
+  broker-start) rabbit_ctl start_app && rabbit_ctl await_startup ;;
+  *) die "usage: $0 up|down [dir]|deps|rabbitmqctl …|broker-stop|broker-start" ;;
 esac

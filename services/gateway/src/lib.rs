@@ -1,7 +1,7 @@
 //! gateway: the shop's single entry point.
 //!
-//! Routes `/api/users`, `/api/auth`, `/api/products`, `/api/orders` and
-//! `/api/payments` to the services' `/api/v1/…`; checks bearer tokens
+//! Routes `/api/users`, `/api/auth`, `/api/products`, `/api/orders`,
+//! `/api/payments` and `/api/notifications` to the services' `/api/v1/…`; checks bearer tokens
 //! (reading products, registering and logging in are public); limits each
 //! client's request rate; answers CORS; logs one line per request; and
 //! composes `/api/orders/{id}/with-product-details` and
@@ -45,12 +45,13 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// `JWT_SECRET`, the one users signs with.
     pub jwt_secret: String,
-    /// `USERS_URL`, `PRODUCTS_URL`, `ORDERS_URL`, `PAYMENTS_URL`
-    /// (default `http://<service>`).
+    /// `USERS_URL`, `PRODUCTS_URL`, `ORDERS_URL`, `PAYMENTS_URL`,
+    /// `NOTIFICATIONS_URL` (default `http://<service>`).
     pub users_url: String,
     pub products_url: String,
     pub orders_url: String,
     pub payments_url: String,
+    pub notifications_url: String,
     /// `UPSTREAM_TIMEOUT` (default 10s) for each call to a service.
     pub upstream_timeout: Duration,
     /// `RATE_LIMIT_PER_SECOND` (default 50) and `RATE_LIMIT_BURST` (default 100), per client.
@@ -88,6 +89,7 @@ impl Config {
             products_url: url("PRODUCTS_URL", "products")?,
             orders_url: url("ORDERS_URL", "orders")?,
             payments_url: url("PAYMENTS_URL", "payments")?,
+            notifications_url: url("NOTIFICATIONS_URL", "notifications")?,
             upstream_timeout: env.duration_or("UPSTREAM_TIMEOUT", Duration::from_secs(10))?,
             rate_per_second: env.or(
                 "RATE_LIMIT_PER_SECOND",
@@ -109,7 +111,7 @@ pub type Gateway = Arc<Shared>;
 pub struct Shared {
     pub http: HttpClient,
     pub max_body_bytes: usize,
-    upstreams: [String; 4],
+    upstreams: [String; 5],
 }
 
 impl Shared {
@@ -119,6 +121,7 @@ impl Shared {
             Upstream::Products => 1,
             Upstream::Orders => 2,
             Upstream::Payments => 3,
+            Upstream::Notifications => 4,
         };
         &self.upstreams[i]
     }
@@ -129,7 +132,8 @@ impl Shared {
     info(
         title = "gateway",
         description = "The shop's entry point. Besides the aggregations below it forwards \
-            /api/users, /api/auth, /api/products, /api/orders and /api/payments to the services' \
+            /api/users, /api/auth, /api/products, /api/orders, /api/payments and /api/notifications \
+            to the services' \
             /api/v1/… (see their own /openapi.json). A bearer token is required except to read \
             products, register (POST /api/users) and log in (POST /api/auth/login)."
     ),
@@ -192,6 +196,7 @@ pub async fn run(
             trim(&config.products_url),
             trim(&config.orders_url),
             trim(&config.payments_url),
+            trim(&config.notifications_url),
         ],
     });
     let rate = RateLimit::new(config.rate_per_second, config.rate_burst);

@@ -9,6 +9,7 @@ pub enum Upstream {
     Products,
     Orders,
     Payments,
+    Notifications,
 }
 
 impl Upstream {
@@ -18,6 +19,7 @@ impl Upstream {
             Upstream::Products => "products",
             Upstream::Orders => "orders",
             Upstream::Payments => "payments",
+            Upstream::Notifications => "notifications",
         }
     }
 }
@@ -31,7 +33,7 @@ pub struct Route {
     pub target: &'static str,
 }
 
-pub const ROUTES: [Route; 5] = [
+pub const ROUTES: [Route; 6] = [
     Route {
         prefix: "/api/users",
         upstream: Upstream::Users,
@@ -57,6 +59,11 @@ pub const ROUTES: [Route; 5] = [
         upstream: Upstream::Payments,
         target: "/api/v1/payments",
     },
+    Route {
+        prefix: "/api/notifications",
+        upstream: Upstream::Notifications,
+        target: "/api/v1/notifications",
+    },
 ];
 
 /// The route of `path` and the path to send upstream. Whole segments only
@@ -80,7 +87,8 @@ pub enum Access {
 }
 
 /// Reading products, registering and logging in are public; everything
-/// else under users, orders and payments, and changing products, needs a token.
+/// else under users, orders, payments and notifications, and changing
+/// products, needs a token.
 pub fn access(method: &Method, path: &str) -> Access {
     let Some((route, _)) = resolve(path) else {
         return Access::Public;
@@ -129,6 +137,13 @@ mod tests {
             r("/api/payments"),
             Some((Upstream::Payments, "/api/v1/payments".into()))
         );
+        assert_eq!(
+            r("/api/notifications?userId=u"),
+            Some((
+                Upstream::Notifications,
+                "/api/v1/notifications?userId=u".into()
+            ))
+        );
         assert_eq!(r("/api/usersX"), None);
         assert_eq!(r("/api/v1/users"), None);
         assert_eq!(r("/health/ready"), None);
@@ -154,6 +169,7 @@ mod tests {
             Token
         );
         assert_eq!(a(Method::POST, "/api/payments"), Token);
+        assert_eq!(a(Method::GET, "/api/notifications"), Token);
         assert_eq!(a(Method::GET, "/health/ready"), Public);
     }
 }

@@ -3,6 +3,8 @@
 //! names a stale version changes nothing and reports the current one.
 
 use shop_common::db::{Db, now_millis};
+use shop_common::events::Outgoing;
+use shop_common::outbox;
 use sqlx::{AssertSqlSafe, Row};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +16,8 @@ pub struct Product {
     pub price_cents: i64,
     pub currency: String,
     pub stock: i64,
+    /// Held for orders, not yet taken out of `stock`.
+    pub reserved: i64,
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
@@ -21,7 +25,7 @@ pub struct Product {
 
 macro_rules! columns {
     () => {
-        "id, name, description, category, price_cents, currency, stock, version, created_at, updated_at"
+        "id, name, description, category, price_cents, currency, stock, reserved, version, created_at, updated_at"
     };
 }
 const SELECT_BY_ID: &str = concat!("SELECT ", columns!(), " FROM products WHERE id = $1");
@@ -36,6 +40,7 @@ impl Product {
             price_cents: row.try_get("price_cents")?,
             currency: row.try_get("currency")?,
             stock: row.try_get("stock")?,
+            reserved: row.try_get("reserved")?,
             version: row.try_get("version")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
@@ -181,6 +186,8 @@ pub enum UpdateError {
     NotFound,
     #[error("version {expected} is stale; the current version is {current}")]
     Conflict { expected: i64, current: i64 },
+    #[error("{reserved} are reserved for orders")]
+    BelowReserved { reserved: i64 },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -240,18 +247,20 @@ impl Catalog {
     }
 
     /// Sets the stock or the price if the product is still at
-    /// `expected_version`, and reads the row back, in one transaction.
+    /// `expected_version`, reads the row back, and stages what `announce`
+    /// makes of it in the outbox, in one transaction.
     pub async fn set(
         &self,
         field: Versioned,
         id: &str,
         value: i64,
         expected_version: i64,
+        announce: impl FnOnce(&Product) -> Option<Outgoing>,
     ) -> Result<Product, UpdateError> {
         let sql = match field {
             Versioned::Stock => {
                 "UPDATE products SET stock = $1, version = version + 1, updated_at = $2 \
-                 WHERE id = $3 AND version = $4"
+                 WHERE id = $3 AND version = $4 AND $1 >= reserved"
             }
             Versioned::PriceCents => {
                 "UPDATE products SET price_cents = $1, version = version + 1, updated_at = $2 \
@@ -276,10 +285,18 @@ impl Catalog {
         };
         let product = Product::from_row(&row)?;
         if changed == 0 {
+            if product.version == expected_version && field == Versioned::Stock {
+                return Err(UpdateError::BelowReserved {
+                    reserved: product.reserved,
+                });
+            }
             return Err(UpdateError::Conflict {
                 expected: expected_version,
                 current: product.version,
             });
+        }
+        if let Some(message) = announce(&product) {
+            outbox::stage(&mut tx, &message).await?;
         }
         tx.commit().await?;
         Ok(product)

@@ -1,20 +1,22 @@
 //! Price changes, fanned out to every watcher of every replica.
 //!
-//! With a broker, a change is published as a `PriceChanged` event on
-//! `shop.events`, and each replica consumes those events from an exclusive
-//! queue of its own into its local feed, so a watcher connected to one
-//! replica sees a change made through another. Without a broker (or when a
-//! publish fails) the change goes straight into the local feed.
+//! A change is staged as a `PriceChanged` event in the outbox in the
+//! transaction that makes it ([`event`]), so it reaches the broker even if
+//! the broker is down at that moment; each replica consumes those events
+//! from an exclusive queue of its own into its local feed, so a watcher
+//! connected to one replica sees a change made through another. The replica
+//! that made the change also tells its own watchers at once; watchers skip
+//! a version they have seen, so hearing twice changes nothing.
 
 use std::sync::Arc;
 
+use lapin::Connection;
 use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
 use serde::{Deserialize, Serialize};
 use shop_common::amqp::{Broker, exclusive_consumer};
-use shop_common::events::{self, Envelope};
-use tokio::sync::{broadcast, watch};
+use shop_common::events::{self, Envelope, Outgoing};
+use tokio::sync::broadcast;
 
 use crate::catalog::Product;
 
@@ -45,31 +47,27 @@ impl PriceChange {
     }
 }
 
+/// The `PriceChanged` event announcing `product`'s price, for the outbox.
+pub fn event(product: &Product) -> Option<Outgoing> {
+    Outgoing::event(&Envelope::new(EVENT_TYPE, PriceChange::of(product))).ok()
+}
+
 #[derive(Clone)]
 pub struct PriceFeed {
     local: broadcast::Sender<PriceChange>,
-    /// The confirm-mode channel changes are published on, while connected.
-    publisher: Arc<watch::Sender<Option<Channel>>>,
 }
 
 impl PriceFeed {
     pub async fn new(broker: Option<&Broker>) -> lapin::Result<PriceFeed> {
         let feed = PriceFeed {
             local: broadcast::channel(256).0,
-            publisher: Arc::new(watch::channel(None).0),
         };
         if let Some(broker) = broker {
-            let (local, publisher) = (feed.local.clone(), feed.publisher.clone());
+            let local = feed.local.clone();
             broker
                 .on_connect(move |conn: Arc<Connection>| {
-                    let (local, publisher) = (local.clone(), publisher.clone());
-                    Box::pin(async move {
-                        let channel = conn.create_channel().await?;
-                        events::prepare_publisher(&channel).await?;
-                        consume_changes(&conn, local).await?;
-                        publisher.send_replace(Some(channel));
-                        Ok(())
-                    })
+                    let local = local.clone();
+                    Box::pin(async move { consume_changes(&conn, local).await })
                 })
                 .await?;
         }
@@ -80,20 +78,11 @@ impl PriceFeed {
         self.local.subscribe()
     }
 
-    /// Tells every watcher about `product`'s new price.
-    pub async fn announce(&self, product: &Product) {
-        let change = PriceChange::of(product);
-        let channel = self.publisher.borrow().clone();
-        if let Some(channel) = channel.filter(|c| c.status().connected()) {
-            match events::publish(&channel, &Envelope::new(EVENT_TYPE, "1.0", &change)).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "publishing a price change failed; telling local watchers only")
-                }
-            }
-        }
+    /// Tells this replica's watchers about `product`'s new price (the
+    /// outbox tells the others).
+    pub fn announce(&self, product: &Product) {
         // No receivers is fine: nobody is watching.
-        let _ = self.local.send(change);
+        let _ = self.local.send(PriceChange::of(product));
     }
 }
 

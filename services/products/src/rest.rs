@@ -18,6 +18,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use crate::AppState;
 use crate::catalog::{Product, UpdateError, Versioned};
 use crate::listing::{ListingRequest, page_links, total_pages};
+use crate::reservations::{Line, ReserveError, Reserved};
 
 const COLLECTION: &str = "/api/v1/products";
 const MAX_STOCK: i64 = 1_000_000_000;
@@ -28,7 +29,15 @@ const MAX_STOCK: i64 = 1_000_000_000;
         title = "products",
         description = "The shop's catalogue and inventory."
     ),
-    paths(list_products, get_product, get_inventory, put_inventory, put_price),
+    paths(
+        list_products,
+        get_product,
+        get_inventory,
+        put_inventory,
+        put_price,
+        reserve,
+        release
+    ),
     components(schemas(
         ProductView,
         ProductList,
@@ -36,6 +45,10 @@ const MAX_STOCK: i64 = 1_000_000_000;
         InventoryView,
         InventoryUpdate,
         PriceUpdate,
+        NewReservation,
+        Line,
+        ReservationView,
+        Reserved,
         Problem,
         FieldError
     ))
@@ -51,6 +64,11 @@ pub fn router(state: AppState) -> axum::Router {
             get(get_inventory).put(put_inventory),
         )
         .route("/api/v1/products/{id}/price", axum::routing::put(put_price))
+        .route("/api/v1/reservations", axum::routing::post(reserve))
+        .route(
+            "/api/v1/reservations/{order_id}",
+            axum::routing::delete(release),
+        )
         .with_state(state)
 }
 
@@ -237,6 +255,10 @@ async fn get_product(
 pub struct InventoryView {
     pub product_id: String,
     pub stock: i64,
+    /// Held for orders not yet committed.
+    pub reserved: i64,
+    /// `stock - reserved`: what a new order can have.
+    pub available: i64,
     pub in_stock: bool,
     pub version: i64,
     #[serde(rename = "_links")]
@@ -249,7 +271,9 @@ impl InventoryView {
         InventoryView {
             product_id: p.id.clone(),
             stock: p.stock,
-            in_stock: p.stock > 0,
+            reserved: p.reserved,
+            available: p.stock - p.reserved,
+            in_stock: p.stock > p.reserved,
             version: p.version,
             links: BTreeMap::from([
                 ("self".to_string(), format!("{product}/inventory")),
@@ -291,6 +315,10 @@ fn conflict(e: UpdateError, id: &str) -> Problem {
             "product {id:?} changed: version {expected} is stale, the current version is {current}"
         ))
         .with_extension("currentVersion", current),
+        UpdateError::BelowReserved { reserved } => Problem::conflict(format!(
+            "product {id:?} has {reserved} reserved for orders: the stock cannot be less"
+        ))
+        .with_extension("reserved", reserved),
         UpdateError::Db(e) => e.into(),
     }
 }
@@ -318,7 +346,9 @@ async fn put_inventory(
         .finish()?;
     let product = state
         .catalog
-        .set(Versioned::Stock, &id, update.stock, update.version)
+        .set(Versioned::Stock, &id, update.stock, update.version, |_| {
+            None
+        })
         .await
         .map_err(|e| conflict(e, &id))?;
     Ok(with_etag(
@@ -359,10 +389,105 @@ async fn put_price(
     let price = price.unwrap_or_default();
     let product = state
         .catalog
-        .set(Versioned::PriceCents, &id, price, update.version)
+        .set(
+            Versioned::PriceCents,
+            &id,
+            price,
+            update.version,
+            crate::prices::event,
+        )
         .await
         .map_err(|e| conflict(e, &id))?;
-    state.prices.announce(&product).await;
+    state.prices.announce(&product);
+    state.wake_relay();
     let view = ProductView::of(&product).with_links(&collection_base(&headers));
     Ok(with_etag(product.version, view))
+}
+
+/// Reserve stock for an order.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NewReservation {
+    order_id: String,
+    /// 1 to 50 lines, each product once, 1 to 1000 each.
+    items: Vec<Line>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservationView {
+    pub order_id: String,
+    pub items: Vec<Reserved>,
+}
+
+/// Reserve every line of an order, or none (409 naming the line short of
+/// stock). Idempotent per order: a repeat returns the first reservation.
+#[utoipa::path(post, path = "/api/v1/reservations", request_body = NewReservation,
+    responses((status = 201, body = ReservationView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn reserve(
+    State(state): State<AppState>,
+    extract::Json(request): extract::Json<NewReservation>,
+) -> Result<Response, Problem> {
+    let mut v = Violations::new();
+    v.length("orderId", &request.order_id, 1, 100)
+        .check(!request.items.is_empty(), "items", "must not be empty")
+        .check(
+            request.items.len() <= 50,
+            "items",
+            "must have at most 50 lines",
+        );
+    for (i, line) in request.items.iter().enumerate() {
+        v.check(
+            (1..=1000).contains(&line.quantity),
+            &format!("items[{i}].quantity"),
+            "must be between 1 and 1000",
+        );
+        if request.items[..i]
+            .iter()
+            .any(|o| o.product_id == line.product_id)
+        {
+            v.add(&format!("items[{i}].productId"), "appears twice");
+        }
+    }
+    v.finish()?;
+    let items = state
+        .reservations
+        .reserve(&request.order_id, &request.items)
+        .await
+        .map_err(|e| match e {
+            ReserveError::NotFound(i) => Problem::field(
+                format!("items[{i}].productId"),
+                format!("no product {:?}", request.items[i].product_id),
+            )
+            .with_status(axum::http::StatusCode::UNPROCESSABLE_ENTITY),
+            ReserveError::Insufficient { index, available } => Problem::conflict(format!(
+                "not enough stock of {:?}: {available} available",
+                request.items[index].product_id
+            ))
+            .with_errors(vec![FieldError::new(
+                format!("items[{index}].quantity"),
+                format!("only {available} available"),
+            )])
+            .with_extension("available", available),
+            ReserveError::Db(e) => e.into(),
+        })?;
+    let body = ReservationView {
+        order_id: request.order_id,
+        items,
+    };
+    Ok((axum::http::StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Release what is still only reserved for an order.
+#[utoipa::path(delete, path = "/api/v1/reservations/{orderId}", params(("orderId" = String, Path)),
+    responses((status = 204)))]
+async fn release(
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+) -> Result<axum::http::StatusCode, Problem> {
+    state.reservations.release(&order_id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }

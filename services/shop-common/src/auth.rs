@@ -79,6 +79,20 @@ impl Tokens {
     }
 }
 
+/// The header the gateway sets to the user id of a verified token (any
+/// such header a client sent is removed first).
+pub const USER_ID_HEADER: &str = "x-user-id";
+
+/// The user the gateway authenticated, if the request came through it;
+/// `None` for calls from inside the shop.
+pub fn caller(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(USER_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

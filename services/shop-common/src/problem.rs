@@ -117,6 +117,13 @@ impl Problem {
         self
     }
 
+    /// The same problem under another status (e.g. a 404 from a service
+    /// called on the caller's behalf becomes a 422 about the request).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
     pub fn with_type(mut self, kind: impl Into<String>) -> Self {
         self.kind = kind.into();
         self
@@ -176,6 +183,12 @@ impl Problem {
     pub fn conflict(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::CONFLICT)
             .with_type("urn:shop:problem:conflict")
+            .with_detail(detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::FORBIDDEN)
+            .with_type("urn:shop:problem:forbidden")
             .with_detail(detail)
     }
 

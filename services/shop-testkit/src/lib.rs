@@ -44,23 +44,57 @@ pub fn amqp_url() -> Option<String> {
     testenv_var("SHOP_TEST_AMQP_URL")
 }
 
+fn testenv(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../testenv/testenv.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("running testenv.sh");
+    assert!(
+        out.status.success(),
+        "testenv.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A virtual host of its own on the test broker, so that a test's queues
+/// (`notifications`, `order_processing`, …) are not another test's; its
+/// AMQP URL.
+pub fn amqp_vhost() -> Option<String> {
+    let base = amqp_url()?;
+    let vhost = format!("t_{}", uuid::Uuid::new_v4().simple());
+    testenv(&[
+        "rabbitmqctl",
+        "eval",
+        &format!(
+            "ok = rabbit_vhost:add(<<\"{vhost}\">>, <<\"tests\">>), \
+             rabbit_auth_backend_internal:set_permissions(<<\"guest\">>, <<\"{vhost}\">>, \
+             <<\".*\">>, <<\".*\">>, <<\".*\">>, <<\"tests\">>)."
+        ),
+    ]);
+    let root = base.rsplit_once('/').map_or(base.as_str(), |(r, _)| r);
+    Some(format!("{root}/{vhost}"))
+}
+
+/// Stops the test broker (RabbitMQ closes every connection and accepts
+/// none) until [`start_broker`]; queues and persistent messages are kept.
+pub fn stop_broker() {
+    testenv(&["broker-stop"]);
+}
+
+pub fn start_broker() {
+    testenv(&["broker-start"]);
+}
+
 /// Has the test broker close every connection whose client named itself
 /// `name`, as a network failure would; how many it closed.
 pub fn close_broker_connections(name: &str) -> usize {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../testenv/testenv.sh");
     let ctl = |args: &[&str]| {
-        let out = std::process::Command::new("bash")
-            .arg(script)
-            .arg("rabbitmqctl")
-            .args(args)
-            .output()
-            .expect("running rabbitmqctl");
-        assert!(
-            out.status.success(),
-            "rabbitmqctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let mut all = vec!["rabbitmqctl"];
+        all.extend_from_slice(args);
+        testenv(&all)
     };
     let listing = ctl(&["list_connections", "pid", "client_properties"]);
     let pids: Vec<String> = listing
@@ -178,9 +212,16 @@ impl Running {
         F: FnOnce(TcpListener, CancellationToken) -> Fut,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding a loopback port");
+        Running::start_on(listener().await, serve)
+    }
+
+    /// Runs `serve` on a listener bound earlier (so that services that call
+    /// each other can know their addresses before any of them starts).
+    pub fn start_on<F, Fut>(listener: TcpListener, serve: F) -> Running
+    where
+        F: FnOnce(TcpListener, CancellationToken) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
         let addr = listener.local_addr().expect("local address");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(listener, shutdown.clone()));
@@ -223,6 +264,13 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A listener on a free loopback port.
+pub async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a loopback port")
 }
 
 /// Waits until `GET url` answers 200 (a service's `/health/ready`).
@@ -355,64 +403,4 @@ pub async fn recorder() -> (Running, Seen) {
     (Running::router(app).await, seen)
 }
 
-/// Stands in for the orders service (not part of this suite yet) with the
-/// contract its callers rely on: `GET /api/v1/orders?userId=` answers
-/// `{"data": [orders of that user]}`, `GET /api/v1/orders/{id}` the order or
-/// a 404 problem. It records the headers of each request.
-pub struct OrdersStandIn {
-    pub running: Running,
-    pub requests: std::sync::Arc<std::sync::Mutex<Vec<axum::http::HeaderMap>>>,
-    orders: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
-}
-
-impl OrdersStandIn {
-    pub async fn start(orders: Vec<serde_json::Value>) -> OrdersStandIn {
-        use axum::extract::{Path, Query, State};
-        use axum::http::{HeaderMap, StatusCode};
-        use axum::routing::get;
-
-        type Shared = (
-            std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
-            std::sync::Arc<std::sync::Mutex<Vec<HeaderMap>>>,
-        );
-        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let orders = std::sync::Arc::new(std::sync::Mutex::new(orders));
-        let state: Shared = (orders.clone(), requests.clone());
-        let app = axum::Router::new()
-            .route(
-                "/api/v1/orders",
-                get(|State((orders, seen)): State<Shared>, headers: HeaderMap, Query(q): Query<std::collections::HashMap<String, String>>| async move {
-                    seen.lock().unwrap().push(headers);
-                    let user = q.get("userId").cloned().unwrap_or_default();
-                    let mine: Vec<_> = orders.lock().unwrap().iter().filter(|o| o["userId"] == user.as_str()).cloned().collect();
-                    axum::Json(serde_json::json!({ "data": mine }))
-                }),
-            )
-            .route(
-                "/api/v1/orders/{id}",
-                get(|State((orders, seen)): State<Shared>, headers: HeaderMap, Path(id): Path<String>| async move {
-                    seen.lock().unwrap().push(headers);
-                    let order = orders.lock().unwrap().iter().find(|o| o["id"] == id.as_str()).cloned();
-                    match order {
-                        Some(o) => (StatusCode::OK, [("content-type", "application/json")], o.to_string()),
-                        None => (
-                            StatusCode::NOT_FOUND,
-                            [("content-type", "application/problem+json")],
-                            serde_json::json!({"type": "about:blank", "title": "Not Found", "status": 404, "detail": format!("order {id:?} does not exist")}).to_string(),
-                        ),
-                    }
-                }),
-            )
-            .with_state(state);
-        let running = Running::router(app).await;
-        OrdersStandIn {
-            running,
-            requests,
-            orders,
-        }
-    }
-
-    pub fn add(&self, order: serde_json::Value) {
-        self.orders.lock().unwrap().push(order);
-    }
-}
+pub mod broker;

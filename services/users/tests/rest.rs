@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use shop_common::auth::Tokens;
 use shop_testkit::{
-    OrdersStandIn, Running, TestDb, assert_problem, closed_port, db_tests, get_json, http, send,
-    silent_server,
+    Running, TestDb, assert_problem, closed_port, db_tests, get_json, http, send, silent_server,
 };
 use sqlx::Row;
 
@@ -18,7 +17,6 @@ db_tests!(
     bad_registrations_write_nothing,
     logs_in_with_a_jwt,
     wrong_credentials_are_401,
-    lists_a_users_orders,
     orders_down_is_a_clear_503,
     orders_hanging_is_a_503_within_the_timeout,
     serves_its_openapi,
@@ -238,49 +236,6 @@ async fn wrong_credentials_are_401(db: TestDb) {
         .await
         .unwrap();
     assert_problem(malformed, 400, Some("password")).await;
-}
-
-async fn lists_a_users_orders(db: TestDb) {
-    let orders = OrdersStandIn::start(vec![]).await;
-    let svc = common::start(&db, &orders.running.url("")).await;
-    let user = new_user(&svc, "barbara@example.com").await;
-    let id = user["id"].as_str().unwrap();
-    orders.add(
-        json!({"id": "ord_1", "userId": id, "items": [], "totalAmount": 10.0, "status": "CREATED"}),
-    );
-    orders.add(json!({"id": "ord_2", "userId": "usr_someone_else", "items": [], "totalAmount": 5.0, "status": "PAID"}));
-    orders.add(
-        json!({"id": "ord_3", "userId": id, "items": [], "totalAmount": 7.5, "status": "PAID"}),
-    );
-    let r = http()
-        .get(svc.url(&format!("/api/v1/users/{id}/orders")))
-        .header("authorization", "Bearer abc")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["userId"], id);
-    let ids: Vec<&str> = body["orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["ord_1", "ord_3"]);
-    let seen = orders.requests.lock().unwrap().clone();
-    assert_eq!(
-        seen[0]["authorization"], "Bearer abc",
-        "the caller's token goes along"
-    );
-    assert!(seen[0].contains_key("traceparent"));
-
-    let unknown = http()
-        .get(svc.url("/api/v1/users/usr_nobody/orders"))
-        .send()
-        .await
-        .unwrap();
-    assert_problem(unknown, 404, None).await;
 }
 
 async fn orders_down_is_a_clear_503(db: TestDb) {

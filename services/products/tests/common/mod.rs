@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use shop_common::config::{DatabaseSettings, ServerSettings};
+use shop_common::consumer::RetryPolicy;
 use shop_testkit::{Running, TestDb};
 
 pub async fn start(db: &TestDb, amqp_url: Option<String>) -> Running {
@@ -15,6 +16,10 @@ pub async fn start(db: &TestDb, amqp_url: Option<String>) -> Running {
         },
         database: DatabaseSettings::new(&db.url),
         amqp_url,
+        retry: RetryPolicy {
+            first_delay: Duration::from_millis(50),
+            ..RetryPolicy::default()
+        },
     };
     let running =
         Running::start(move |listener, shutdown| products::run(config, listener, shutdown)).await;

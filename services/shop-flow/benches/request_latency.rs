@@ -1,57 +1,24 @@
-//! Request latency on loopback: products and users (SQLite) and the gateway
-//! in one process, requests one after another, percentiles printed.
+//! Request latency on loopback: the shop in one process (SQLite, no
+//! broker), requests one after another, percentiles printed.
 //!
-//!     cargo run --release -p gateway --example latency [-- <requests per kind>]
-
-use std::time::{Duration, Instant};
+//!     cargo bench -p shop-flow --bench request_latency [-- <requests per kind>]
 
 use serde_json::json;
 use shop_common::config::ProxySettings;
+use shop_flow::Shop;
+use shop_flow::measure::measure;
 use shop_proto::product::v1::GetProductRequest;
 use shop_proto::product::v1::product_service_client::ProductServiceClient;
-use shop_testkit::{TestDb, http};
-
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-/// Runs `call` `n` times after a warm-up; prints p50/p90/p99/max.
-async fn measure<F, Fut>(name: &str, n: usize, mut call: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    for _ in 0..n.min(50) {
-        call().await;
-    }
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = Instant::now();
-        call().await;
-        samples.push(start.elapsed());
-    }
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "{name:<46} n={n:<5} p50={:>7.3} ms  p90={:>7.3} ms  p99={:>7.3} ms  max={:>7.3} ms",
-        ms(at(0.5)),
-        ms(at(0.9)),
-        ms(at(0.99)),
-        ms(samples[samples.len() - 1]),
-    );
-}
+use shop_testkit::{Backend, http};
 
 #[tokio::main]
 async fn main() {
+    // `cargo bench` passes `--bench`; the count is the first number.
     let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
+        .skip(1)
+        .find_map(|a| a.parse().ok())
         .unwrap_or(2000);
-    let shop = common::Shop::start_with(TestDb::sqlite(), |c| {
-        c.rate_per_second = std::num::NonZeroU32::MAX;
-        c.rate_burst = std::num::NonZeroU32::MAX;
-    })
-    .await;
+    let shop = Shop::start(Backend::Sqlite, None).await;
     let (products, gateway) = (&shop.products, &shop.gateway);
     let client = http();
     let get = |url: String| {

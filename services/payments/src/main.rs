@@ -1,0 +1,12 @@
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    shop_common::server::main(
+        payments::SERVICE,
+        payments::Config::from_env,
+        |c| c.server.listen,
+        payments::run,
+    )
+    .await
+}
