@@ -3,6 +3,7 @@
 
 mod dev;
 mod inject;
+mod preflight;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -46,8 +47,14 @@ enum Command {
         #[arg(long, default_value = "trellis-proxy-default")]
         config_map: String,
     },
-    /// Check files offline: MeshService, ResiliencePolicy or ProxyConfig documents.
-    Check { files: Vec<String> },
+    /// Without files: preflight of the cluster in KUBECONFIG (one ✓/✗ line
+    /// per check, non-zero exit on any ✗). With files: check MeshService,
+    /// ResiliencePolicy or ProxyConfig documents offline.
+    Check {
+        files: Vec<String>,
+        #[command(flatten)]
+        cluster: preflight::PreflightArgs,
+    },
 }
 
 fn read(file: &str) -> anyhow::Result<String> {
@@ -129,7 +136,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 inject::inject_manifests(&read(&file)?, &settings, selection)?
             );
         }
-        Command::Check { files } => {
+        Command::Check { files, cluster } if files.is_empty() => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            if !runtime.block_on(preflight::preflight(&cluster))? {
+                anyhow::bail!("the cluster is not ready for Trellis (see ✗ above)");
+            }
+        }
+        Command::Check { files, .. } => {
             for file in &files {
                 let n = check(file)?;
                 eprintln!("{file}: {n} document(s) valid");

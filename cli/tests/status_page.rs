@@ -1,7 +1,8 @@
 //! The status page in a real headless browser (Debian's chromium, driven
-//! over WebDriver by chromedriver): under `--load` the numbers on the page
-//! change, traffic to another service shows up on it, and a screenshot is
-//! kept as a test artifact.
+//! over WebDriver by chromedriver): the whole shop under `--load` with
+//! `--chaos payments=50%`: the numbers on the page change, the failing
+//! payments show on it, traffic to another service shows up within a
+//! scrape, and a screenshot is kept as a test artifact.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Dev, assert_broker, build, example};
+use common::{Dev, SHOP, assert_broker, build, shop_files};
 use fantoccini::{Client, ClientBuilder, Locator};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -101,10 +102,11 @@ async fn the_status_page_shows_live_numbers_in_a_real_browser() {
     let Some((_driver, client)) = browser().await else {
         return;
     };
-    build(&["gateway", "users", "products"]);
-    let mut dev = Dev::start(
-        &[example("gateway"), example("users"), example("products")],
-        &["--load", "20"],
+    build(&SHOP);
+    let mut dev = Dev::start(&shop_files(), &["--load", "20", "--chaos", "payments=50%"]);
+    assert!(
+        dev.printed("chaos: payments now fails 50%"),
+        "the fault knob was not turned"
     );
     assert_broker(&dev);
     client.goto(&dev.status).await.expect("the page loads");
@@ -137,7 +139,22 @@ async fn the_status_page_shows_live_numbers_in_a_real_browser() {
         .find_all(Locator::Css("#graph polyline"))
         .await
         .expect("the graph");
-    assert_eq!(lines.len(), 3, "one line per service");
+    assert_eq!(lines.len(), 6, "one line per service");
+
+    // The fault knob shows: payments answers fewer than all requests well.
+    let chaos = Instant::now();
+    loop {
+        let success = cell(&client, "payments", "success").await;
+        if success.ends_with('%') && number(&success) < 100.0 {
+            eprintln!("payments' success on the page: {success}");
+            break;
+        }
+        assert!(
+            chaos.elapsed() < Duration::from_secs(60),
+            "payments' failures never showed: {success:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Traffic to users (failed logins) shows up on the page.
     // The load logged its shopper in at the start; wait until that is out of the window.

@@ -140,6 +140,18 @@ impl Dev {
             .any(|l| l.contains(needle))
     }
 
+    /// Waits up to `limit` for a line containing `needle`.
+    pub fn wait_printed(&self, needle: &str, limit: Duration) -> bool {
+        let start = Instant::now();
+        while !self.printed(needle) {
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
     /// `/api/status` of the status page.
     pub async fn status(&self) -> Value {
         self.http
@@ -270,4 +282,27 @@ pub fn assert_broker(dev: &Dev) {
             "under CI, RabbitMQ must be installed (apt-get install rabbitmq-server)"
         );
     }
+}
+
+/// The shop's services, as `examples/shop` names them.
+pub const SHOP: [&str; 6] = [
+    "gateway",
+    "users",
+    "products",
+    "orders",
+    "payments",
+    "notifications",
+];
+
+/// `examples/policies/payments.yaml`.
+pub fn payments_policy() -> String {
+    std::fs::read_to_string(workspace().join("examples/policies/payments.yaml"))
+        .expect("examples/policies/payments.yaml")
+}
+
+/// The shop's MeshServices and the payments policy, as `trellis dev` reads them.
+pub fn shop_files() -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = SHOP.iter().map(|s| example(s)).collect();
+    files.push(("policy-payments.yaml".into(), payments_policy()));
+    files
 }
