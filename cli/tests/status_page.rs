@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,12 +17,17 @@ use fantoccini::{Client, ClientBuilder, Locator};
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// chromedriver on a free loopback port, stopped on drop.
+/// chromedriver on a free loopback port in its own process group, which
+/// the browsers it starts share: dropped, the whole group is killed, so a
+/// failed test leaves no browser behind.
 struct Driver(Child, u16);
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SAFETY: kill(2) of the group our own unreaped child leads.
+        unsafe {
+            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
+        }
         let _ = self.0.wait();
     }
 }
@@ -47,6 +53,7 @@ async fn browser() -> Option<(Driver, Client)> {
     let port = free_port();
     let child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

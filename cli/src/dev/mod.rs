@@ -126,11 +126,16 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "none of the MeshServices has a binary"
     );
 
+    // All ports at once: each is held until the last is chosen, so the
+    // kernel cannot hand out one twice.
+    let names = manifests.names();
+    let mut pool = free_ports(names.len() * 4 + 3)?.into_iter();
+    let mut next_port = move || pool.next().unwrap_or(0);
     let broker = if args.no_broker {
         broker::Broker::Missing
     } else {
         step("looking for RabbitMQ");
-        let b = broker::ensure(&state_dir, free_port).await?;
+        let b = broker::ensure(&state_dir, &mut next_port).await?;
         match &b {
             broker::Broker::Running { url } => step(&format!("RabbitMQ already running: {url}")),
             broker::Broker::Started { url, .. } => step(&format!("RabbitMQ started: {url}")),
@@ -142,10 +147,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         b
     };
 
-    let ports: BTreeMap<String, Ports> = manifests
-        .names()
+    let ports: BTreeMap<String, Ports> = names
         .into_iter()
-        .map(|n| (n, Ports::take(&mut free_port)))
+        .map(|n| (n, Ports::take(&mut next_port)))
         .collect();
     let local = LocalEnv {
         amqp_url: broker.url().map(str::to_string),
@@ -343,14 +347,16 @@ async fn wait_ready(plans: &[ServicePlan]) -> Result<(), Vec<String>> {
     Ok(())
 }
 
-/// A free loopback port, as the kernel hands them out. The listener is
-/// closed before the child binds it; the kernel does not hand it out again
-/// at once.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+/// `n` distinct free loopback ports, as the kernel hands them out. The
+/// listeners are closed before the children bind the ports; the kernel
+/// does not hand them out again at once.
+fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    held.iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
 }
 
 /// The token secret the users service signs with and the gateway checks,
