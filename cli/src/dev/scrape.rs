@@ -135,8 +135,8 @@ pub fn window(before: &[Sample], now: &[Sample], seconds: f64) -> Window {
             .find(|s| s.name == "trellis_circuit_state" && s.label("peer") == peer)
             .map(|s| s.value);
         up.breaker = match state {
-            Some(v) if v == 1.0 => "open",
-            Some(v) if v == 2.0 => "half-open",
+            Some(1.0) => "open",
+            Some(2.0) => "half-open",
             _ => "closed",
         };
         up.rate = per_second(delta(
