@@ -112,7 +112,7 @@ async fn the_status_page_shows_live_numbers_in_a_real_browser() {
     build(&SHOP);
     let mut dev = Dev::start(&shop_files(), &["--load", "20", "--chaos", "payments=50%"]);
     assert!(
-        dev.printed("chaos: payments now fails 50%"),
+        dev.wait_printed("chaos: payments now fails 50%", Duration::from_secs(30)),
         "the fault knob was not turned"
     );
     assert_broker(&dev);

@@ -225,8 +225,19 @@ impl Dev {
 }
 
 impl Drop for Dev {
+    /// A failed test still stops the shop as Ctrl-C does: a SIGKILLed
+    /// `trellis dev` would leave its broker (which runs as another user,
+    /// so the kernel's parent-death signal does not reach it) behind.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) of our own, not yet reaped child.
+            unsafe {
+                libc::kill(self.child.id() as i32, libc::SIGINT);
+            }
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
