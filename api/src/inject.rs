@@ -70,6 +70,21 @@ fn is_our_sidecar(c: &Container) -> bool {
     c.name == PROXY_CONTAINER && c.restart_policy.as_deref() == Some("Always")
 }
 
+/// The variables that send an app's outbound calls through its sidecar's
+/// outbound listener on 127.0.0.1:`outbound_port`: what the injector gives
+/// each container and `trellis dev` gives each local process.
+pub fn app_proxy_env(outbound_port: u16) -> Vec<(&'static str, String)> {
+    let proxy_url = format!("http://127.0.0.1:{outbound_port}");
+    let direct = "localhost,127.0.0.1,::1".to_string();
+    vec![
+        ("HTTP_PROXY", proxy_url.clone()),
+        ("http_proxy", proxy_url),
+        ("NO_PROXY", direct.clone()),
+        ("no_proxy", direct),
+        ("TRELLIS_OUTBOUND", format!("127.0.0.1:{outbound_port}")),
+    ]
+}
+
 /// Adds (or refreshes) the sidecar. Injecting twice gives the same pod as once.
 pub fn inject(mut pod: PodSpec, settings: &ProxySettings) -> Result<PodSpec, InjectError> {
     check_conflicts(&pod)?;
@@ -90,22 +105,15 @@ pub fn inject(mut pod: PodSpec, settings: &ProxySettings) -> Result<PodSpec, Inj
         ..Default::default()
     });
 
-    let proxy_url = format!("http://127.0.0.1:{OUTBOUND_PORT}");
-    let app_env = [
-        ("HTTP_PROXY", proxy_url.as_str()),
-        ("http_proxy", proxy_url.as_str()),
-        ("NO_PROXY", "localhost,127.0.0.1,::1"),
-        ("no_proxy", "localhost,127.0.0.1,::1"),
-        ("TRELLIS_OUTBOUND", &format!("127.0.0.1:{OUTBOUND_PORT}")),
-    ];
+    let app_env = app_proxy_env(OUTBOUND_PORT);
     for container in &mut pod.containers {
         let env = container.env.get_or_insert_with(Vec::new);
-        for (name, value) in app_env {
+        for (name, value) in &app_env {
             // The app's own setting wins: it may know better (and this keeps injection idempotent).
-            if !env.iter().any(|e| e.name == name) {
+            if !env.iter().any(|e| e.name == *name) {
                 env.push(EnvVar {
-                    name: name.into(),
-                    value: Some(value.into()),
+                    name: name.to_string(),
+                    value: Some(value.clone()),
                     ..Default::default()
                 });
             }

@@ -1,6 +1,9 @@
-//! `trellis`: CRDs, manifest injection and checks from the command line.
+//! `trellis`: the mesh on one machine, CRDs, manifest injection and checks
+//! from the command line.
 
+mod dev;
 mod inject;
+mod preflight;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -25,6 +28,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole mesh on this machine: every MeshService with its own
+    /// sidecar, RabbitMQ, and a status page.
+    Dev(dev::DevArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
     /// Add the trellis-proxy sidecar to the workloads of manifests (for GitOps); writes YAML to stdout.
@@ -41,8 +47,14 @@ enum Command {
         #[arg(long, default_value = "trellis-proxy-default")]
         config_map: String,
     },
-    /// Check files offline: MeshService, ResiliencePolicy or ProxyConfig documents.
-    Check { files: Vec<String> },
+    /// Without files: preflight of the cluster in KUBECONFIG (one ✓/✗ line
+    /// per check, non-zero exit on any ✗). With files: check MeshService,
+    /// ResiliencePolicy or ProxyConfig documents offline.
+    Check {
+        files: Vec<String>,
+        #[command(flatten)]
+        cluster: preflight::PreflightArgs,
+    },
 }
 
 fn read(file: &str) -> anyhow::Result<String> {
@@ -96,6 +108,7 @@ fn check(file: &str) -> anyhow::Result<usize> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Dev(args) => dev::run(args)?,
         Command::Crds => {
             for (_, yaml) in trellis_api::crd::crd_documents() {
                 print!("---\n{yaml}");
@@ -123,7 +136,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 inject::inject_manifests(&read(&file)?, &settings, selection)?
             );
         }
-        Command::Check { files } => {
+        Command::Check { files, cluster } if files.is_empty() => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            if !runtime.block_on(preflight::preflight(&cluster))? {
+                anyhow::bail!("the cluster is not ready for Trellis (see ✗ above)");
+            }
+        }
+        Command::Check { files, .. } => {
             for file in &files {
                 let n = check(file)?;
                 eprintln!("{file}: {n} document(s) valid");

@@ -88,3 +88,30 @@ fn crds_prints_both_definitions() {
     assert!(out.contains("name: meshservices.mesh.trellis.dev"));
     assert!(out.contains("name: resiliencepolicies.mesh.trellis.dev"));
 }
+
+#[test]
+fn check_without_files_fails_on_an_unreachable_cluster() {
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"http://127.0.0.1:{port}\"}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .arg("check")
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.starts_with("✗ cluster reachable"), "{stdout}");
+    assert!(!stdout.contains('✓'), "{stdout}");
+}

@@ -1,0 +1,319 @@
+//! `trellis dev` run as a user runs it, from a test: the shop's binaries
+//! built, the manifests in a temporary directory, its output read for the
+//! URLs, its status API for the processes' ids and ports.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where cargo put the `trellis` binary under test; the shop's binaries
+/// are built next to it.
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_trellis"))
+        .parent()
+        .expect("the binary has a directory")
+        .to_path_buf()
+}
+
+/// Builds the sidecar and `services` (no-op when fresh) in the test's own
+/// profile and target dir.
+pub fn build(services: &[&str]) {
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .current_dir(workspace())
+        .args(["build", "-p", "trellis-proxy"]);
+    for s in services {
+        cargo.args(["-p", s]);
+    }
+    if let Some(target) = bin_dir().parent() {
+        cargo.env("CARGO_TARGET_DIR", target);
+    }
+    let status = cargo.status().expect("cargo runs");
+    assert!(status.success(), "building the shop failed");
+}
+
+pub struct Dev {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub gateway: String,
+    pub status: String,
+    pub output: Arc<Mutex<Vec<String>>>,
+    pub http: reqwest::Client,
+}
+
+impl Dev {
+    /// Writes `files` (name, YAML) into a temporary directory and starts
+    /// `trellis dev` on it with `extra` arguments; returns once it printed
+    /// its URLs.
+    pub fn start(files: &[(String, String)], extra: &[&str]) -> Dev {
+        let dir = tempfile::Builder::new()
+            .prefix("trellis-dev-test-")
+            .tempdir()
+            .expect("a temporary directory");
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir(&manifests).expect("mkdir");
+        for (name, text) in files {
+            std::fs::write(manifests.join(name), text).expect("write a manifest");
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .arg("dev")
+            .arg(&manifests)
+            .arg("--bin-dir")
+            .arg(bin_dir())
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("trellis dev starts");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let output = output.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    let _ = tx.send(line.clone());
+                    output.lock().expect("lock").push(line);
+                }
+            });
+        }
+        let (mut gateway, mut status) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while gateway.is_none() || status.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("trellis dev printed no URLs in 300s");
+                }
+            };
+            if let Some(url) = line.strip_prefix("gateway: ") {
+                gateway = Some(url.trim().to_string());
+            }
+            if let Some(url) = line.strip_prefix("status:") {
+                status = Some(url.trim().to_string());
+            }
+        }
+        Dev {
+            child,
+            dir,
+            gateway: gateway.unwrap_or_default(),
+            status: status.unwrap_or_default(),
+            output,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("a client"),
+        }
+    }
+
+    pub fn manifest(&self, name: &str) -> PathBuf {
+        self.dir.path().join("manifests").join(name)
+    }
+
+    pub fn printed(&self, needle: &str) -> bool {
+        self.output
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    /// Waits up to `limit` for a line containing `needle`.
+    pub fn wait_printed(&self, needle: &str, limit: Duration) -> bool {
+        let start = Instant::now();
+        while !self.printed(needle) {
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
+    /// `/api/status` of the status page.
+    pub async fn status(&self) -> Value {
+        self.http
+            .get(format!("{}/api/status", self.status))
+            .send()
+            .await
+            .expect("the status page answers")
+            .json()
+            .await
+            .expect("status is JSON")
+    }
+
+    /// The status entry of one service.
+    pub async fn service(&self, name: &str) -> Value {
+        let status = self.status().await;
+        status["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} is not in {status}"))
+    }
+
+    /// Every pid the status page knows, apps and sidecars.
+    pub async fn pids(&self) -> Vec<i32> {
+        let status = self.status().await;
+        let mut pids = Vec::new();
+        for s in status["services"].as_array().into_iter().flatten() {
+            for role in ["app", "proxy"] {
+                if let Some(pid) = s[role]["pid"].as_i64() {
+                    pids.push(pid as i32);
+                }
+            }
+        }
+        pids
+    }
+
+    /// The sidecar metrics of `service`, as text.
+    pub async fn metrics(&self, service: &str) -> String {
+        let admin = self.service(service).await["ports"]["admin"].clone();
+        self.http
+            .get(format!("http://127.0.0.1:{admin}/metrics"))
+            .send()
+            .await
+            .expect("the sidecar's admin port answers")
+            .text()
+            .await
+            .expect("metrics")
+    }
+
+    /// SIGINT, as Ctrl-C; waits for the exit and returns whether it was clean.
+    pub fn interrupt(&mut self) -> bool {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) of our own, not yet reaped child.
+        unsafe {
+            libc::kill(pid, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trellis dev still running 90s after SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Dev {
+    /// A failed test still stops the shop as Ctrl-C does: a SIGKILLed
+    /// `trellis dev` would leave its broker (which runs as another user,
+    /// so the kernel's parent-death signal does not reach it) behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) of our own, not yet reaped child.
+            unsafe {
+                libc::kill(self.child.id() as i32, libc::SIGINT);
+            }
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One value of a metric: the sum over the series with all `labels`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Processes still alive among `pids`, or whose command line names `needle`.
+pub fn survivors(pids: &[i32], needle: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if cmdline.is_empty() {
+            continue;
+        }
+        if pids.contains(&pid) || cmdline.contains(needle) {
+            left.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    left
+}
+
+/// A MeshService manifest of `examples/shop`.
+pub fn example(name: &str) -> (String, String) {
+    let file = format!("{name}.yaml");
+    let text = std::fs::read_to_string(workspace().join("examples/shop").join(&file))
+        .unwrap_or_else(|e| panic!("examples/shop/{file}: {e}"));
+    (file, text)
+}
+
+/// Under CI the broker must have been found or started, never missing.
+pub fn assert_broker(dev: &Dev) {
+    if std::env::var_os("CI").is_some() {
+        assert!(
+            dev.printed("RabbitMQ started") || dev.printed("RabbitMQ already running"),
+            "under CI, RabbitMQ must be installed (apt-get install rabbitmq-server)"
+        );
+    }
+}
+
+/// The shop's services, as `examples/shop` names them.
+pub const SHOP: [&str; 6] = [
+    "gateway",
+    "users",
+    "products",
+    "orders",
+    "payments",
+    "notifications",
+];
+
+/// `examples/policies/payments.yaml`.
+pub fn payments_policy() -> String {
+    std::fs::read_to_string(workspace().join("examples/policies/payments.yaml"))
+        .expect("examples/policies/payments.yaml")
+}
+
+/// The shop's MeshServices and the payments policy, as `trellis dev` reads them.
+pub fn shop_files() -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = SHOP.iter().map(|s| example(s)).collect();
+    files.push(("policy-payments.yaml".into(), payments_policy()));
+    files
+}
