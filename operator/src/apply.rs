@@ -8,7 +8,6 @@
 //! the API server defaulted are left alone).
 
 use std::fmt::Debug;
-use std::sync::Arc;
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
@@ -61,14 +60,7 @@ pub fn content_hash<K: Serialize>(obj: &K) -> Result<String> {
 
 /// Applies `desired` with server-side apply (forced, as `field_manager`) unless
 /// the live object already matches it. Returns the live object after the call.
-/// `cached` is the live object as a watch last saw it; without one (`None`,
-/// or a watch that has not seen it) the object is read from the API server.
-pub async fn ensure<K>(
-    api: &Api<K>,
-    desired: K,
-    field_manager: &str,
-    cached: Option<Arc<K>>,
-) -> Result<(K, Outcome)>
+pub async fn ensure<K>(api: &Api<K>, desired: K, field_manager: &str) -> Result<(K, Outcome)>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
@@ -86,15 +78,10 @@ where
         .annotations_mut()
         .insert(APPLIED_HASH_ANNOTATION.into(), hash.clone());
 
-    // A watch that has not seen the object (new, or not labelled as ours
-    // yet) is asked again: created and updated are told apart correctly.
-    let live = match cached {
-        Some(live) => Some(live.as_ref().clone()),
-        None => api
-            .get_opt(&name)
-            .await
-            .map_err(|e| Error::kube(format!("reading {kind} {name}"), e))?,
-    };
+    let live = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| Error::kube(format!("reading {kind} {name}"), e))?;
     if let Some(live) = live.as_ref()
         && up_to_date(&desired, live, &hash)?
     {

@@ -162,9 +162,8 @@ pub struct RunArgs {
     #[arg(long, env = "TRELLIS_METRICS_BIND", default_value = "0.0.0.0:8080")]
     pub metrics_bind: SocketAddr,
 
-    /// Reconciles at once, per controller. A reconcile mostly waits on the
-    /// API server, so this is well above the cores the operator gets.
-    #[arg(long, env = "TRELLIS_CONCURRENCY", default_value_t = 16)]
+    /// Reconciles at once, per controller.
+    #[arg(long, env = "TRELLIS_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
 
     /// Log one JSON object per line.

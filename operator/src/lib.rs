@@ -76,7 +76,7 @@ impl Default for OperatorConfig {
         OperatorConfig {
             namespace: None,
             settings: Settings::default(),
-            concurrency: 16,
+            concurrency: 4,
             identity: default_identity(),
             leader_election: None,
             webhook: None,

@@ -11,11 +11,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use trellis_api::crd::{MeshService, MeshServiceStatus, ResiliencePolicy};
 use trellis_api::render::{RenderError, Rendered, render};
 use trellis_api::resolve::{Conflict, resolve};
 
-use super::cache::Child;
 use super::{Context, RESYNC, key, retry_after};
 use crate::apply::{Outcome, ensure, kind_of};
 use crate::conditions::condition;
@@ -70,7 +71,7 @@ async fn reconcile_service(
     name: &str,
 ) -> Result<Action> {
     let client = &ctx.client;
-    let (policies, services) = ctx.mesh_objects(CONTROLLER, ns).await?;
+    let (policies, services) = ctx.mesh_objects(ns).await?;
     let existing: BTreeSet<String> = services.iter().map(|s| s.name_any()).collect();
     let missing: Vec<String> = svc
         .spec
@@ -146,22 +147,27 @@ pub struct Change {
     pub outcome: Outcome,
 }
 
-async fn apply_one<K: Child>(ctx: &Context, ns: &str, obj: K) -> Result<(K, Option<Change>)> {
+async fn apply_one<K>(ctx: &Context, ns: &str, obj: K, changes: &mut Vec<Change>) -> Result<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
     let api = Api::<K>::namespaced(ctx.client.clone(), ns);
     let name = obj.meta().name.clone().unwrap_or_default();
-    let cached = ctx.cached_child::<K>(ns, &name).await.flatten();
-    let (live, outcome) = ensure(&api, obj, &ctx.field_manager, cached).await?;
-    if outcome == Outcome::Unchanged {
-        return Ok((live, None));
+    let (live, outcome) = ensure(&api, obj, &ctx.field_manager).await?;
+    if outcome != Outcome::Unchanged {
+        let kind = kind_of::<K>();
+        ctx.metrics.wrote(CONTROLLER, &kind, outcome.as_str());
+        changes.push(Change {
+            kind,
+            name,
+            outcome,
+        });
     }
-    let kind = kind_of::<K>();
-    ctx.metrics.wrote(CONTROLLER, &kind, outcome.as_str());
-    let change = Change {
-        kind,
-        name,
-        outcome,
-    };
-    Ok((live, Some(change)))
+    Ok(live)
 }
 
 /// Applies every child in dependency order; returns the live Deployment and what changed.
@@ -172,22 +178,17 @@ async fn apply_children(
     name: &str,
     r: &Rendered,
 ) -> Result<(Deployment, Vec<Change>)> {
-    // Everything the pods need, at once (each write waits on the API server,
-    // not on the others); the Deployment after it: new pods must find the
-    // config they hash and the account they run as.
-    let (a, b, c, d, e) = tokio::try_join!(
-        apply_one(ctx, ns, r.service_account.clone()),
-        apply_one(ctx, ns, r.role.clone()),
-        apply_one(ctx, ns, r.role_binding.clone()),
-        apply_one(ctx, ns, r.config_map.clone()),
-        apply_one(ctx, ns, r.service.clone()),
-    )?;
-    let mut changes: Vec<Change> = [a.1, b.1, c.1, d.1, e.1].into_iter().flatten().collect();
-    let (deployment, change) = apply_one(ctx, ns, r.deployment.clone()).await?;
-    changes.extend(change);
+    let mut changes = Vec::new();
+    apply_one(ctx, ns, r.service_account.clone(), &mut changes).await?;
+    apply_one(ctx, ns, r.role.clone(), &mut changes).await?;
+    apply_one(ctx, ns, r.role_binding.clone(), &mut changes).await?;
+    // The config before the Deployment: new pods must find the config they hash.
+    apply_one(ctx, ns, r.config_map.clone(), &mut changes).await?;
+    apply_one(ctx, ns, r.service.clone(), &mut changes).await?;
+    let deployment = apply_one(ctx, ns, r.deployment.clone(), &mut changes).await?;
     match &r.pdb {
         Some(pdb) => {
-            changes.extend(apply_one(ctx, ns, pdb.clone()).await?.1);
+            apply_one(ctx, ns, pdb.clone(), &mut changes).await?;
         }
         None => {
             if delete_owned_pdb(svc, ctx, ns, name).await? {
@@ -205,15 +206,11 @@ async fn apply_children(
 /// Deletes the PodDisruptionBudget this MeshService owns, if any (replicas <= 1).
 async fn delete_owned_pdb(svc: &MeshService, ctx: &Context, ns: &str, name: &str) -> Result<bool> {
     let api = Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), ns);
-    let pdb = match ctx.cached_child::<PodDisruptionBudget>(ns, name).await {
-        // The watch sees every budget the operator made (they carry its label).
-        Some(cached) => cached.map(|p| p.as_ref().clone()),
-        None => api
-            .get_opt(name)
-            .await
-            .map_err(|e| Error::kube(format!("reading PodDisruptionBudget {name}"), e))?,
-    };
-    let Some(pdb) = pdb else {
+    let Some(pdb) = api
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("reading PodDisruptionBudget {name}"), e))?
+    else {
         return Ok(false);
     };
     let uid = svc.metadata.uid.as_deref();

@@ -1,12 +1,11 @@
 //! The two controllers (MeshService, ResiliencePolicy), their shared context,
 //! and the code that starts them.
 
-pub mod cache;
 pub mod mesh_service;
 pub mod resilience_policy;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,9 +15,6 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
-
-use cache::{Child, Children, MeshView};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use trellis_api::crd::{MeshService, ResiliencePolicy};
@@ -41,35 +37,14 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<(&'static str, String), u32>>,
-    /// What each controller reads while [`run_controllers`] runs.
-    views: RwLock<Views>,
-}
-
-/// The caches of one run of the controllers; empty between runs.
-#[derive(Clone, Default)]
-struct Views {
-    mesh: HashMap<&'static str, MeshView>,
-    children: Option<Children>,
 }
 
 impl Context {
-    fn views(&self) -> Views {
-        self.views.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The ResiliencePolicies and MeshServices of a namespace: from the
-    /// controller's [`MeshView`] while the controllers run, else (a reconcile
-    /// called on its own) as the API server lists them now.
+    /// The ResiliencePolicies and MeshServices of a namespace, as the API server has them now.
     pub async fn mesh_objects(
         &self,
-        controller: &'static str,
         ns: &str,
-    ) -> crate::error::Result<(Vec<ResiliencePolicy>, Vec<Arc<MeshService>>)> {
-        if let Some(view) = self.views().mesh.get(controller)
-            && let Some(view) = view.ready().await
-        {
-            return Ok(view.in_namespace(ns));
-        }
+    ) -> crate::error::Result<(Vec<ResiliencePolicy>, Vec<MeshService>)> {
         let all = kube::api::ListParams::default();
         let policies = Api::<ResiliencePolicy>::namespaced(self.client.clone(), ns)
             .list(&all)
@@ -80,22 +55,8 @@ impl Context {
             .list(&all)
             .await
             .map_err(|e| crate::error::Error::kube("listing MeshServices", e))?
-            .items
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+            .items;
         Ok((policies, services))
-    }
-
-    /// A child as the `owns` watches last saw it: `Some(None)` when they
-    /// have none; `None` when there is no cache (then read the API server).
-    pub async fn cached_child<K: Child>(&self, ns: &str, name: &str) -> Option<Option<Arc<K>>> {
-        let children = self.views().children?;
-        children.get::<K>(ns, name).await
-    }
-
-    fn set_views(&self, views: Views) {
-        *self.views.write().unwrap_or_else(|e| e.into_inner()) = views;
     }
 
     pub fn new(
@@ -115,7 +76,6 @@ impl Context {
             field_manager: FIELD_MANAGER.into(),
             metrics,
             failures: Mutex::default(),
-            views: RwLock::default(),
         }
     }
 
@@ -198,44 +158,22 @@ where
     }
 }
 
-/// A watch kept in a store (written before the object is passed on), whose
-/// errors are retried with its own backoff (client-go's: 0.8s doubling to
-/// 30s) and logged, never passed on. The Controller's shared
+/// A watch whose errors are retried with its own backoff (client-go's: 0.8s
+/// doubling to 30s) and logged, never passed on. The Controller's shared
 /// trigger backoff would otherwise pause *every* watch after any one error,
 /// and after an API server restart (a 410 per watch) recovery would take minutes.
 fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
     what: &'static str,
-) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let (store, writer) = reflector::store();
-    let stream = quiet(
-        watcher(api, config)
-            .default_backoff()
-            .modify(forget_managed_fields)
-            .reflect(writer)
-            .touched_objects(),
+    quiet(
+        watcher(api, config).default_backoff().touched_objects(),
         what,
-    );
-    (store, stream)
-}
-
-/// Drops `metadata.managedFields` before an object is cached: no reconcile
-/// reads it, and it is often the larger part of a small object.
-fn forget_managed_fields<K: kube::Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+    )
 }
 
 fn quiet<K>(
@@ -280,72 +218,60 @@ pub async fn run_controllers(
     let services_main = quiet(
         watcher(api::<MeshService>(&client, ns), all())
             .default_backoff()
-            .modify(forget_managed_fields)
             .reflect(writer)
             .applied_objects(),
         "meshservices",
     );
     let (store_a, store_b) = (service_store.clone(), service_store.clone());
-    let (upstream_view, upstream_changes) = watch(
-        api::<MeshService>(&client, ns),
-        all(),
-        "meshservices (upstreams)",
-    );
-    let (policy_view, policy_changes) = watch(
-        api::<ResiliencePolicy>(&client, ns),
-        all(),
-        "resiliencepolicies",
-    );
-    let services_view = MeshView {
-        services: upstream_view,
-        policies: policy_view,
-    };
-    let (deployments, deployment_changes) =
-        watch(api::<Deployment>(&client, ns), owned.clone(), "deployments");
-    let (kube_services, kube_service_changes) =
-        watch(api::<Service>(&client, ns), owned.clone(), "services");
-    let (service_accounts, service_account_changes) = watch(
-        api::<ServiceAccount>(&client, ns),
-        owned.clone(),
-        "serviceaccounts",
-    );
-    let (config_maps, config_map_changes) =
-        watch(api::<ConfigMap>(&client, ns), owned.clone(), "configmaps");
-    let (roles, role_changes) = watch(api::<Role>(&client, ns), owned.clone(), "roles");
-    let (role_bindings, role_binding_changes) = watch(
-        api::<RoleBinding>(&client, ns),
-        owned.clone(),
-        "rolebindings",
-    );
-    let (budgets, budget_changes) = watch(
-        api::<PodDisruptionBudget>(&client, ns),
-        owned,
-        "poddisruptionbudgets",
-    );
-    let children = Children {
-        deployments,
-        services: kube_services,
-        service_accounts,
-        config_maps,
-        roles,
-        role_bindings,
-        budgets,
-    };
     let services = Controller::for_stream(services_main, service_store)
         .with_config(config.clone())
-        .owns_stream(deployment_changes)
-        .owns_stream(kube_service_changes)
-        .owns_stream(service_account_changes)
-        .owns_stream(config_map_changes)
-        .owns_stream(role_changes)
-        .owns_stream(role_binding_changes)
-        .owns_stream(budget_changes)
-        .watches_stream(policy_changes, move |policy| {
-            mesh_service::services_for_policy(&store_a, &policy)
-        })
-        .watches_stream(upstream_changes, move |svc| {
-            mesh_service::callers_of(&store_b, &svc)
-        })
+        .owns_stream(watch(
+            api::<Deployment>(&client, ns),
+            owned.clone(),
+            "deployments",
+        ))
+        .owns_stream(watch(
+            api::<Service>(&client, ns),
+            owned.clone(),
+            "services",
+        ))
+        .owns_stream(watch(
+            api::<ServiceAccount>(&client, ns),
+            owned.clone(),
+            "serviceaccounts",
+        ))
+        .owns_stream(watch(
+            api::<ConfigMap>(&client, ns),
+            owned.clone(),
+            "configmaps",
+        ))
+        .owns_stream(watch(api::<Role>(&client, ns), owned.clone(), "roles"))
+        .owns_stream(watch(
+            api::<RoleBinding>(&client, ns),
+            owned.clone(),
+            "rolebindings",
+        ))
+        .owns_stream(watch(
+            api::<PodDisruptionBudget>(&client, ns),
+            owned,
+            "poddisruptionbudgets",
+        ))
+        .watches_stream(
+            watch(
+                api::<ResiliencePolicy>(&client, ns),
+                all(),
+                "resiliencepolicies",
+            ),
+            move |policy| mesh_service::services_for_policy(&store_a, &policy),
+        )
+        .watches_stream(
+            watch(
+                api::<MeshService>(&client, ns),
+                all(),
+                "meshservices (upstreams)",
+            ),
+            move |svc| mesh_service::callers_of(&store_b, &svc),
+        )
         .graceful_shutdown_on(stopped())
         .run(
             mesh_service::reconcile,
@@ -362,45 +288,30 @@ pub async fn run_controllers(
     let policies_main = quiet(
         watcher(api::<ResiliencePolicy>(&client, ns), all())
             .default_backoff()
-            .modify(forget_managed_fields)
             .reflect(writer)
             .applied_objects(),
         "resiliencepolicies",
     );
-    let views_owner = ctx.clone();
     let sibling_store = policy_store.clone();
     let mapper_store = policy_store.clone();
-    let (target_view, target_changes) = watch(
-        api::<MeshService>(&client, ns),
-        all(),
-        "meshservices (targets)",
-    );
-    let (sibling_view, sibling_changes) = watch(
-        api::<ResiliencePolicy>(&client, ns),
-        all(),
-        "resiliencepolicies (siblings)",
-    );
-    ctx.set_views(Views {
-        mesh: HashMap::from([
-            (mesh_service::CONTROLLER, services_view),
-            (
-                resilience_policy::CONTROLLER,
-                MeshView {
-                    services: target_view,
-                    policies: sibling_view,
-                },
-            ),
-        ]),
-        children: Some(children),
-    });
     let policies = Controller::for_stream(policies_main, policy_store)
         .with_config(config)
-        .watches_stream(target_changes, move |svc| {
-            resilience_policy::policies_for_service(&mapper_store, &svc)
-        })
-        .watches_stream(sibling_changes, move |policy| {
-            resilience_policy::siblings_of(&sibling_store, &policy)
-        })
+        .watches_stream(
+            watch(
+                api::<MeshService>(&client, ns),
+                all(),
+                "meshservices (targets)",
+            ),
+            move |svc| resilience_policy::policies_for_service(&mapper_store, &svc),
+        )
+        .watches_stream(
+            watch(
+                api::<ResiliencePolicy>(&client, ns),
+                all(),
+                "resiliencepolicies (siblings)",
+            ),
+            move |policy| resilience_policy::siblings_of(&sibling_store, &policy),
+        )
         .graceful_shutdown_on(stopped())
         .run(
             resilience_policy::reconcile,
@@ -418,7 +329,6 @@ pub async fn run_controllers(
         let _ = stop_tx.send(true);
     };
     tokio::join!(services, policies, trigger);
-    views_owner.set_views(Views::default());
 }
 
 /// The action after a failed reconcile: exponential backoff per object, faster for conflicts.

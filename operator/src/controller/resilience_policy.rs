@@ -52,7 +52,7 @@ async fn reconcile_policy(
     ns: &str,
     name: &str,
 ) -> Result<Action> {
-    let (policies, services) = ctx.mesh_objects(CONTROLLER, ns).await?;
+    let (policies, services) = ctx.mesh_objects(ns).await?;
 
     // Resolve what the API server has, with this object as the controller saw it.
     let mut all: Vec<ResiliencePolicy> = policies
@@ -115,7 +115,7 @@ async fn reconcile_policy(
 /// The status a policy should have. Pure.
 pub fn compute_status(
     policy: &ResiliencePolicy,
-    services: &[Arc<MeshService>],
+    services: &[MeshService],
     conflicts: &[Conflict],
     in_effect: bool,
 ) -> ResiliencePolicyStatus {
