@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A kind cluster running Trellis: our CRDs, the operator (in the cluster, two
-# replicas) and our images, for the cluster tests (e2e/tests/cluster.rs) and
+# A kind cluster running Trellis, installed with `helm upgrade --install` of
+# charts/trellis (CRDs, the operator with two replicas, RBAC, webhooks) on our
+# images, for the cluster tests (e2e/tests/cluster.rs) and
 # for trying the mesh by hand.
 #
 #   eval "$(e2e/kind.sh up)"     # create (or reuse) the cluster; exports KUBECONFIG etc.
@@ -44,6 +45,7 @@ tools() {
   KUBE_BIN="$("$root/e2e/kube/build.sh" node | tail -n1)"
   KUBE_VERSION="$(basename "$(dirname "$KUBE_BIN")")"
   eval "$("$here/kind/tools.sh")" # KIND ETCD COREDNS CRICTL PAUSE
+  eval "$("$here/kind/tools.sh" helm)" # HELM
   # kind runs `docker` from PATH: make it the one we talk to.
   mkdir -p "$STATE/bin"
   ln -sf "$DOCKER" "$STATE/bin/docker"
@@ -243,14 +245,30 @@ images_load() {
   printf '%s\n' "${images[@]}" >>"$STATE/images"
 }
 
+# The path users take: `helm upgrade --install` of charts/trellis, on the
+# images just loaded. Helm installs crds/ only when they are missing and never
+# upgrades them, so a reused cluster gets them applied first.
 install_trellis() {
-  kubectl apply --server-side -f "$root/crds/" >/dev/null
+  local chart="$root/charts/trellis" tag="${TRELLIS_IMAGE_TAG:-dev}"
+  kubectl apply --server-side --force-conflicts -f "$chart/crds/" >/dev/null
   kubectl wait --for condition=Established --timeout=60s crd/meshservices.mesh.trellis.dev crd/resiliencepolicies.mesh.trellis.dev >/dev/null
-  # deploy.yaml first: it creates the namespace rbac.yaml's objects live in.
-  kubectl apply --server-side -f "$root/operator/deploy.yaml" -f "$root/operator/rbac.yaml" >/dev/null
-  # Images were reloaded: run the operator on them.
-  kubectl -n trellis-system rollout restart deployment trellis-operator >/dev/null
-  if ! kubectl -n trellis-system rollout status deployment trellis-operator --timeout="${TIMEOUT}s" >/dev/null; then
+  # A cluster whose operator came from plain manifests (operator/deploy.yaml):
+  # Helm refuses to take over objects it did not make, so they go first.
+  if ! "$HELM" --kubeconfig "$STATE/kubeconfig" -n trellis-system status trellis >/dev/null 2>&1 &&
+    kubectl get mutatingwebhookconfiguration trellis-injector >/dev/null 2>&1; then
+    log "replacing the operator applied from operator/deploy.yaml with the chart"
+    kubectl delete --ignore-not-found --wait -f "$root/operator/deploy.yaml" -f "$root/operator/rbac.yaml" >/dev/null
+  fi
+  # The image's id as a pod annotation: reloaded images (same tag) roll the
+  # operator; an unchanged one leaves it alone.
+  local image_id
+  image_id="$("$DOCKER" image inspect -f '{{.Id}}' "trellis/operator:$tag" | cut -c8-19)"
+  if ! "$HELM" --kubeconfig "$STATE/kubeconfig" upgrade --install trellis "$chart" \
+    -n trellis-system --create-namespace \
+    --set "operator.image.tag=$tag" --set "proxy.image.tag=$tag" \
+    --set operator.image.pullPolicy=IfNotPresent --set proxy.image.pullPolicy=IfNotPresent \
+    --set-string "operator.podAnnotations.trellis\.dev/image-id=$image_id" \
+    --wait --timeout "${TIMEOUT}s" >&2; then
     kubectl -n trellis-system get pods -o wide >&2
     kubectl -n trellis-system logs deployment/trellis-operator --tail=30 >&2 || true
     die "the operator did not become ready"
