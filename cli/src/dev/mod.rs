@@ -48,6 +48,10 @@ pub struct DevArgs {
     /// Do not look for or start RabbitMQ.
     #[arg(long)]
     pub no_broker: bool,
+    /// Export the spans of every app and sidecar over OTLP/gRPC to this
+    /// collector, e.g. a local Jaeger's `http://127.0.0.1:4317`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The sidecar binary's name.
@@ -154,6 +158,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let local = LocalEnv {
         amqp_url: broker.url().map(str::to_string),
         jwt_secret: random_secret(),
+        otlp_endpoint: args.otlp_endpoint.clone(),
     };
     let plans = plan::plan(&manifests, &ports, &local);
     let width = plans.iter().map(|p| p.name.len() + 6).max().unwrap_or(8);
@@ -236,6 +241,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         paths,
         ports.clone(),
         state_dir.clone(),
+        args.otlp_endpoint.clone(),
     ));
 
     wait_for_signal().await;

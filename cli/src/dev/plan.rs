@@ -10,7 +10,7 @@ use trellis_api::bounded::Port;
 use trellis_api::crd::{MeshService, ResiliencePolicy};
 use trellis_api::inject::app_proxy_env;
 use trellis_api::parse::from_yaml;
-use trellis_api::proxy::{Listeners, ProxyConfig};
+use trellis_api::proxy::{Listeners, ProxyConfig, Tracing};
 use trellis_api::render::{DiscoveryMode, Settings, proxy_config};
 
 /// The documents `trellis dev` reads; other kinds are ignored.
@@ -111,6 +111,8 @@ impl Ports {
 pub struct LocalEnv {
     pub amqp_url: Option<String>,
     pub jwt_secret: String,
+    /// OTLP/gRPC collector the apps and their sidecars export spans to.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// One service as `trellis dev` runs it.
@@ -134,6 +136,7 @@ const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
 pub fn proxy_configs(
     manifests: &Manifests,
     ports: &BTreeMap<String, Ports>,
+    otlp_endpoint: Option<&str>,
 ) -> BTreeMap<String, ProxyConfig> {
     let addresses: BTreeMap<String, Vec<String>> = ports
         .iter()
@@ -157,6 +160,10 @@ pub fn proxy_configs(
                 outbound: SocketAddr::from((LOOPBACK, p.outbound)),
                 admin: SocketAddr::from((LOOPBACK, p.admin)),
             }),
+            tracing: Tracing {
+                otlp_endpoint: otlp_endpoint.map(str::to_string),
+                ..Tracing::default()
+            },
             ..Settings::default()
         };
         // The app listens on its local port instead of the spec's.
@@ -176,7 +183,7 @@ pub fn plan(
     ports: &BTreeMap<String, Ports>,
     local: &LocalEnv,
 ) -> Vec<ServicePlan> {
-    let mut configs = proxy_configs(manifests, ports);
+    let mut configs = proxy_configs(manifests, ports, local.otlp_endpoint.as_deref());
     manifests
         .names()
         .into_iter()
@@ -219,6 +226,9 @@ fn app_env(svc: &MeshService, p: Ports, local: &LocalEnv) -> (Vec<(String, Strin
     );
     if let Some(url) = &local.amqp_url {
         supplied.push(("AMQP_URL".into(), url.clone()));
+    }
+    if let Some(endpoint) = &local.otlp_endpoint {
+        supplied.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
     }
     let is_supplied = |name: &str| supplied.iter().any(|(k, _)| k == name);
     let mut env = Vec::new();
@@ -321,7 +331,7 @@ spec:
     #[test]
     fn sidecars_listen_on_loopback_and_find_upstreams_statically() {
         let ports = ports();
-        let configs = proxy_configs(&shop(), &ports);
+        let configs = proxy_configs(&shop(), &ports, None);
         let orders = &configs["orders"];
         assert_eq!(orders.listeners.inbound.to_string(), "127.0.0.1:20002");
         assert_eq!(orders.listeners.outbound.to_string(), "127.0.0.1:20003");
@@ -345,6 +355,7 @@ spec:
         let local = LocalEnv {
             amqp_url: Some("amqp://guest:guest@127.0.0.1:5999/%2f".into()),
             jwt_secret: "s".repeat(32),
+            otlp_endpoint: None,
         };
         let plans = plan(&shop(), &ports(), &local);
         let orders = &plans[0];
@@ -361,5 +372,30 @@ spec:
         assert_eq!(get("DATABASE_URL"), None);
         assert_eq!(orders.unset, ["DATABASE_URL"]);
         assert_eq!(orders.readiness_path, "/health/ready");
+        assert_eq!(get("OTEL_EXPORTER_OTLP_ENDPOINT"), None);
+        assert_eq!(orders.proxy_config.tracing.otlp_endpoint, None);
+    }
+
+    #[test]
+    fn an_otlp_endpoint_reaches_every_app_and_sidecar() {
+        let local = LocalEnv {
+            otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+            ..LocalEnv::default()
+        };
+        for p in plan(&shop(), &ports(), &local) {
+            let endpoint: Vec<_> = p
+                .env
+                .iter()
+                .filter(|(k, _)| k == "OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(endpoint, ["http://127.0.0.1:4317"], "{}", p.name);
+            assert_eq!(
+                p.proxy_config.tracing.otlp_endpoint.as_deref(),
+                Some("http://127.0.0.1:4317"),
+                "{}",
+                p.name
+            );
+        }
     }
 }

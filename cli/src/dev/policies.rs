@@ -61,6 +61,7 @@ pub async fn watch(
     paths: Vec<PathBuf>,
     ports: BTreeMap<String, Ports>,
     state_dir: PathBuf,
+    otlp_endpoint: Option<String>,
 ) {
     let snapshot = |files: &[PathBuf]| -> Vec<Option<Vec<u8>>> {
         files.iter().map(|f| std::fs::read(f).ok()).collect()
@@ -79,7 +80,7 @@ pub async fn watch(
         }
         files = now_files;
         last = now;
-        match reload(&files, &ports, &state_dir) {
+        match reload(&files, &ports, &state_dir, otlp_endpoint.as_deref()) {
             Ok(changed) if changed.is_empty() => {
                 println!("trellis dev: manifests changed; no sidecar config changed")
             }
@@ -99,6 +100,7 @@ fn reload(
     files: &[PathBuf],
     ports: &BTreeMap<String, Ports>,
     state_dir: &Path,
+    otlp_endpoint: Option<&str>,
 ) -> anyhow::Result<Vec<String>> {
     let mut manifests = read(files)?;
     // Only services that run: a MeshService added while running waits for a restart.
@@ -109,7 +111,7 @@ fn reload(
             .is_some_and(|n| ports.contains_key(n))
     });
     let mut changed = Vec::new();
-    for (name, config) in proxy_configs(&manifests, ports) {
+    for (name, config) in proxy_configs(&manifests, ports, otlp_endpoint) {
         let dir = state_dir.join(&name);
         let current = std::fs::read_to_string(config_path(&dir)).unwrap_or_default();
         if current != config.to_yaml() {
