@@ -10,8 +10,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Dev, SHOP, assert_broker, build, metric, payments_policy, shop_files, survivors};
-use serde_json::{Value, json};
+use common::{
+    Dev, SHOP, assert_broker, build, metric, order, payments_policy, shop_files, shopper, survivors,
+};
+use serde_json::Value;
 
 async fn until<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
 where
@@ -24,55 +26,6 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     start.elapsed()
-}
-
-/// A shopper registered and logged in through the gateway: its token.
-async fn shopper(dev: &Dev) -> String {
-    let (email, password) = ("e2e@example.com", "correct horse battery staple");
-    let created = dev
-        .http
-        .post(format!("{}/api/users", dev.gateway))
-        .json(&json!({"email": email, "password": password, "name": "E2E"}))
-        .send()
-        .await
-        .expect("the gateway answers");
-    assert_eq!(created.status(), 201, "{:?}", created.text().await);
-    let login: Value = dev
-        .http
-        .post(format!("{}/api/auth/login", dev.gateway))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await
-        .expect("login answers")
-        .json()
-        .await
-        .expect("JSON");
-    login["accessToken"].as_str().expect("a token").to_string()
-}
-
-/// Places an order for one `product`; the status and the answer.
-async fn order(dev: &Dev, token: &str, product: usize) -> (u16, Value) {
-    let r = dev
-        .http
-        .post(format!("{}/api/orders", dev.gateway))
-        .bearer_auth(token)
-        .header("Idempotency-Key", uuid_like())
-        .json(&json!({"items": [{"productId": format!("prod_{:03}", 1 + product % 60), "quantity": 1}]}))
-        .send()
-        .await
-        .expect("the gateway answers");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-fn uuid_like() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "e2e-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

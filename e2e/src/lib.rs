@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod delivery;
+pub mod jaeger;
 pub mod local;
 pub mod prometheus;
 

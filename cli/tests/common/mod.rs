@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -296,14 +296,7 @@ pub fn assert_broker(dev: &Dev) {
 }
 
 /// The shop's services, as `examples/shop` names them.
-pub const SHOP: [&str; 6] = [
-    "gateway",
-    "users",
-    "products",
-    "orders",
-    "payments",
-    "notifications",
-];
+pub use trellis_e2e::jaeger::SHOP;
 
 /// `examples/policies/payments.yaml`.
 pub fn payments_policy() -> String {
@@ -316,4 +309,66 @@ pub fn shop_files() -> Vec<(String, String)> {
     let mut files: Vec<(String, String)> = SHOP.iter().map(|s| example(s)).collect();
     files.push(("policy-payments.yaml".into(), payments_policy()));
     files
+}
+
+/// A shopper registered and logged in through the gateway: its token.
+pub async fn shopper(dev: &Dev) -> String {
+    let (email, password) = ("e2e@example.com", "correct horse battery staple");
+    let created = dev
+        .http
+        .post(format!("{}/api/users", dev.gateway))
+        .json(&json!({"email": email, "password": password, "name": "E2E"}))
+        .send()
+        .await
+        .expect("the gateway answers");
+    assert_eq!(created.status(), 201, "{:?}", created.text().await);
+    let login: Value = dev
+        .http
+        .post(format!("{}/api/auth/login", dev.gateway))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .expect("login answers")
+        .json()
+        .await
+        .expect("JSON");
+    login["accessToken"].as_str().expect("a token").to_string()
+}
+
+/// Places an order for one `product`; the status and the answer.
+pub async fn order(dev: &Dev, token: &str, product: usize) -> (u16, Value) {
+    let (status, _, answer) = traced_order(dev, token, product).await;
+    (status, answer)
+}
+
+/// Places an order for one `product`; the status, the trace it joined
+/// (the gateway's `x-trace-id`) and the answer.
+pub async fn traced_order(dev: &Dev, token: &str, product: usize) -> (u16, String, Value) {
+    let r = dev
+        .http
+        .post(format!("{}/api/orders", dev.gateway))
+        .bearer_auth(token)
+        .header("Idempotency-Key", uuid_like())
+        .json(&json!({"items": [{"productId": format!("prod_{:03}", 1 + product % 60), "quantity": 1}]}))
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = r.status().as_u16();
+    let trace = r
+        .headers()
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, trace, r.json().await.unwrap_or(Value::Null))
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "e2e-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
