@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_yaml::Value;
 use trellis_api::crd::{MeshService, ResiliencePolicy};
-use trellis_e2e::delivery::{env_values, helm, render_chart, shop_chart, yaml_objects};
+use trellis_e2e::delivery::{env_values, find, helm, render_chart, shop_chart, yaml_objects};
 use trellis_e2e::repo_root;
 
 const NS: &str = "demo";
@@ -99,4 +99,67 @@ fn values_set_tags_replicas_and_the_payments_fault() {
     assert_eq!(payments["PAYMENTS_FAILURE_RATE"], "0.3");
     assert_eq!(payments["PAYMENTS_ADDED_LATENCY"], "200ms");
     assert!(rendered(&["policies.enabled=false"], "ResiliencePolicy").is_empty());
+}
+
+#[test]
+fn jaeger_is_optional_and_every_service_exports_to_it() {
+    let off = render_chart(&shop_chart(), "shop", NS, &[]).unwrap();
+    assert!(
+        off.iter().all(|o| o["metadata"]["name"] != "jaeger"),
+        "Jaeger rendered while disabled"
+    );
+    for (name, svc) in rendered(&[], "MeshService") {
+        let env = env_values(&svc["spec"]["env"]);
+        assert!(!env.contains_key("OTEL_EXPORTER_OTLP_ENDPOINT"), "{name}");
+    }
+
+    let on = render_chart(&shop_chart(), "shop", NS, &["jaeger.enabled=true"]).unwrap();
+    let deployment = find(&on, "Deployment", "jaeger").unwrap();
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["annotations"]["mesh.trellis.dev/inject"], "disabled",
+        "Jaeger gets no sidecar"
+    );
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["image"], "trellis/jaeger:dev");
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    let config = find(&on, "ConfigMap", "jaeger").unwrap()["data"]["config.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        config.contains("0.0.0.0:4317") && config.contains("0.0.0.0:16686"),
+        "{config}"
+    );
+    let ports: Vec<_> = find(&on, "Service", "jaeger").unwrap()["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [4317, 16686]);
+    let services = rendered(&["jaeger.enabled=true"], "MeshService");
+    assert_eq!(services.len(), 6);
+    for (name, svc) in &services {
+        let env = env_values(&svc["spec"]["env"]);
+        assert_eq!(
+            env.get("OTEL_EXPORTER_OTLP_ENDPOINT").map(String::as_str),
+            Some("http://jaeger.demo:4317"),
+            "{name}"
+        );
+    }
+
+    // An explicit endpoint wins, with or without the chart's Jaeger.
+    let external = rendered(
+        &["otlp.endpoint=http://collector.tracing:4317"],
+        "MeshService",
+    );
+    for (name, svc) in &external {
+        let env = env_values(&svc["spec"]["env"]);
+        assert_eq!(
+            env.get("OTEL_EXPORTER_OTLP_ENDPOINT").map(String::as_str),
+            Some("http://collector.tracing:4317"),
+            "{name}"
+        );
+    }
 }
