@@ -206,6 +206,24 @@ pub fn expand_variables(expr: &str, rate_window: &str) -> String {
         .replace("$service", ".+")
 }
 
+/// The query as Grafana sends it with `namespace` and `service` chosen
+/// (`service` empty: the variable is not substituted).
+pub fn substitute_variables(
+    expr: &str,
+    rate_window: &str,
+    namespace: &str,
+    service: &str,
+) -> String {
+    let expr = expr
+        .replace("$__rate_interval", rate_window)
+        .replace("$namespace", namespace);
+    if service.is_empty() {
+        expr
+    } else {
+        expr.replace("$service", service)
+    }
+}
+
 /// Keywords, and aggregations (their `by (...)` may come before the parenthesis).
 const PROMQL_KEYWORDS: &[&str] = &[
     "bool",
@@ -434,6 +452,19 @@ mod tests {
         assert!(!is_exported_series(&families, "h_seconds"));
         assert!(is_exported_series(&families, "c_total"));
         assert!(!is_exported_series(&families, "c_total_bucket"));
+    }
+
+    #[test]
+    fn variables_are_substituted_as_chosen() {
+        assert_eq!(
+            substitute_variables(
+                "rate(x{namespace=~\"$namespace\", service=\"$service\"}[$__rate_interval])",
+                "20s",
+                "shop",
+                "orders"
+            ),
+            "rate(x{namespace=~\"shop\", service=\"orders\"}[20s])"
+        );
     }
 
     #[test]

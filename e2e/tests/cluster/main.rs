@@ -7,6 +7,7 @@
 //! Measured numbers are printed as `MEASURED ...` lines (and collected in
 //! `TRELLIS_E2E_REPORT` when set); no test asserts on speed.
 
+mod dashboards;
 mod disruption;
 mod mesh;
 mod resilience;
