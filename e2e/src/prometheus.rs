@@ -43,109 +43,114 @@ pub struct Target {
     pub labels: BTreeMap<&'static str, String>,
 }
 
-/// A scrape configuration for a cluster reached only through its API server
-/// (`kubeconfig`'s current context): pods found by `kubernetes_sd_configs`,
-/// each scraped at `/api/v1/namespaces/NS/pods/POD:PORT/proxy/metrics` with
-/// the kubeconfig's client certificate, so the host needs no route to the
-/// pod network. Sidecars (port `trellis-admin`) get the `namespace` and
-/// `service` labels the chart's PodMonitor gives; the operator (port
-/// `metrics` in `operator_namespace`) gets `namespace`. The certificates are
-/// written into `dir`.
-pub fn kubernetes_config(
-    kubeconfig: &Path,
-    operator_namespace: &str,
-    dir: &Path,
-) -> anyhow::Result<String> {
-    use base64::Engine;
-    let kc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(kubeconfig)?)?;
-    let named = |list: &str, name: &serde_yaml::Value, field: &str| {
-        kc[list]
-            .as_sequence()
-            .and_then(|l| l.iter().find(|e| &e["name"] == name))
-            .map(|e| e[field].clone())
-            .with_context(|| format!("kubeconfig: no {list} entry {name:?}"))
-    };
-    let context = named("contexts", &kc["current-context"], "context")?;
-    let cluster = named("clusters", &context["cluster"], "cluster")?;
-    let user = named("users", &context["user"], "user")?;
-    let server = cluster["server"].as_str().context("no server")?;
-    let host = server
-        .strip_prefix("https://")
-        .context("the API server is not https")?
-        .trim_end_matches('/')
-        .to_string();
-    let decode = |from: &serde_yaml::Value, field: &str| -> anyhow::Result<Vec<u8>> {
-        let data = from[field]
-            .as_str()
-            .with_context(|| format!("kubeconfig has no {field}"))?;
-        Ok(base64::engine::general_purpose::STANDARD.decode(data.trim())?)
-    };
-    let files = [
-        ("ca.crt", decode(&cluster, "certificate-authority-data")?),
-        ("client.crt", decode(&user, "client-certificate-data")?),
-        ("client.key", decode(&user, "client-key-data")?),
-    ];
-    for (name, bytes) in &files {
-        std::fs::write(dir.join(name), bytes)?;
-    }
-    let (ca, cert, key) = (
-        dir.join("ca.crt"),
-        dir.join("client.crt"),
-        dir.join("client.key"),
-    );
-    let job = |name: &str, port: &str, keep_namespace: Option<&str>, service: bool| {
-        let mut lines = vec![
-            format!("  - job_name: {name}"),
-            "    scheme: https".to_string(),
-            format!(
-                "    tls_config: {{ca_file: '{}', cert_file: '{}', key_file: '{}'}}",
-                ca.display(),
-                cert.display(),
-                key.display()
-            ),
-            "    kubernetes_sd_configs:".to_string(),
-            format!(
-                "      - {{role: pod, kubeconfig_file: '{}'}}",
-                kubeconfig.display()
-            ),
-            "    relabel_configs:".to_string(),
-            format!(
-                "      - {{source_labels: [__meta_kubernetes_pod_container_port_name], regex: {port}, action: keep}}"
-            ),
-            "      - {source_labels: [__meta_kubernetes_pod_phase], regex: Running, action: keep}"
-                .to_string(),
-        ];
-        if let Some(ns) = keep_namespace {
-            lines.push(format!(
-                "      - {{source_labels: [__meta_kubernetes_namespace], regex: {ns}, action: keep}}"
+/// A pod to scrape through the API server's pod proxy, and its labels.
+pub struct PodTarget {
+    pub namespace: String,
+    pub pod: String,
+    pub port: u16,
+    /// The pod's MeshService (the `service` label), for sidecars.
+    pub service: Option<String>,
+}
+
+/// Scraping a cluster reached only through its API server (`kubeconfig`'s
+/// current context), so the host needs no route to the pod network: each
+/// pod is scraped at `/api/v1/namespaces/NS/pods/POD:PORT/proxy/metrics`
+/// with the kubeconfig's client certificate (written into `dir`). Debian's
+/// Prometheus has no Kubernetes discovery, so the pods come from
+/// `file_sd_configs`: one file per job in `dir`, written by
+/// [`ClusterScrape::write_targets`].
+pub struct ClusterScrape {
+    /// The Prometheus configuration.
+    pub config: String,
+    host: String,
+    dir: PathBuf,
+}
+
+impl ClusterScrape {
+    /// The configuration of jobs `trellis-proxy` and `trellis-operator`.
+    pub fn new(kubeconfig: &Path, dir: &Path) -> anyhow::Result<ClusterScrape> {
+        use base64::Engine;
+        let kc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(kubeconfig)?)?;
+        let named = |list: &str, name: &serde_yaml::Value, field: &str| {
+            kc[list]
+                .as_sequence()
+                .and_then(|l| l.iter().find(|e| &e["name"] == name))
+                .map(|e| e[field].clone())
+                .with_context(|| format!("kubeconfig: no {list} entry {name:?}"))
+        };
+        let context = named("contexts", &kc["current-context"], "context")?;
+        let cluster = named("clusters", &context["cluster"], "cluster")?;
+        let user = named("users", &context["user"], "user")?;
+        let server = cluster["server"].as_str().context("no server")?;
+        let host = server
+            .strip_prefix("https://")
+            .context("the API server is not https")?
+            .trim_end_matches('/')
+            .to_string();
+        let decode = |from: &serde_yaml::Value, field: &str| -> anyhow::Result<Vec<u8>> {
+            let data = from[field]
+                .as_str()
+                .with_context(|| format!("kubeconfig has no {field}"))?;
+            Ok(base64::engine::general_purpose::STANDARD.decode(data.trim())?)
+        };
+        for (name, bytes) in [
+            ("ca.crt", decode(&cluster, "certificate-authority-data")?),
+            ("client.crt", decode(&user, "client-certificate-data")?),
+            ("client.key", decode(&user, "client-key-data")?),
+        ] {
+            std::fs::write(dir.join(name), bytes)?;
+        }
+        let mut config = String::from(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n",
+        );
+        for job in ["trellis-proxy", "trellis-operator"] {
+            config.push_str(&format!(
+                "  - job_name: {job}\n    scheme: https\n    tls_config: {{ca_file: '{}', cert_file: '{}', key_file: '{}'}}\n    file_sd_configs:\n      - {{files: ['{}'], refresh_interval: 1s}}\n",
+                dir.join("ca.crt").display(),
+                dir.join("client.crt").display(),
+                dir.join("client.key").display(),
+                dir.join(format!("{job}.json")).display(),
             ));
         }
-        lines.extend([
-            "      - {source_labels: [__meta_kubernetes_namespace], target_label: namespace}".to_string(),
-            "      - {source_labels: [__meta_kubernetes_pod_name], target_label: instance}".to_string(),
-            "      - source_labels: [__meta_kubernetes_namespace, __meta_kubernetes_pod_name, __meta_kubernetes_pod_container_port_number]".to_string(),
-            "        regex: (.+);(.+);(.+)".to_string(),
-            "        target_label: __metrics_path__".to_string(),
-            "        replacement: /api/v1/namespaces/$1/pods/$2:$3/proxy/metrics".to_string(),
-            format!("      - {{target_label: __address__, replacement: '{host}'}}"),
-        ]);
-        if service {
-            lines.push(
-                "      - {source_labels: [__meta_kubernetes_pod_label_mesh_trellis_dev_service], target_label: service}".to_string(),
-            );
-        }
-        lines.join("\n") + "\n"
-    };
-    Ok(format!(
-        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n{}{}",
-        job("trellis-proxy", "trellis-admin", None, true),
-        job(
-            "trellis-operator",
-            "metrics",
-            Some(operator_namespace),
-            false
-        ),
-    ))
+        Ok(ClusterScrape {
+            config,
+            host,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The target groups of one job: the API server as the address, the
+    /// pod's proxy path, and the labels the chart's monitors give
+    /// (`namespace`, `service`; `instance` is the pod).
+    pub fn targets(&self, pods: &[PodTarget]) -> Value {
+        Value::Array(
+            pods.iter()
+                .map(|p| {
+                    let mut labels = serde_json::json!({
+                        "__metrics_path__": format!(
+                            "/api/v1/namespaces/{}/pods/{}:{}/proxy/metrics",
+                            p.namespace, p.pod, p.port
+                        ),
+                        "namespace": p.namespace,
+                        "instance": p.pod,
+                    });
+                    if let Some(service) = &p.service {
+                        labels["service"] = Value::String(service.clone());
+                    }
+                    serde_json::json!({"targets": [self.host], "labels": labels})
+                })
+                .collect(),
+        )
+    }
+
+    /// Writes the targets of `job` (`trellis-proxy` or `trellis-operator`).
+    pub fn write_targets(&self, job: &str, pods: &[PodTarget]) -> anyhow::Result<()> {
+        let file = self.dir.join(format!("{job}.json"));
+        let tmp = file.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&self.targets(pods))?)?;
+        std::fs::rename(tmp, file)?;
+        Ok(())
+    }
 }
 
 pub struct Prometheus {
@@ -313,44 +318,34 @@ mod tests {
              users: [{name: kind-obs, user: {client-certificate-data: Q0VSVA==, client-key-data: S0VZ}}]\n",
         )
         .unwrap();
-        let config = kubernetes_config(&kubeconfig, "trellis-system", &dir).unwrap();
+        let scrape = ClusterScrape::new(&kubeconfig, &dir).unwrap();
         assert_eq!(std::fs::read(dir.join("ca.crt")).unwrap(), b"CA");
         assert_eq!(std::fs::read(dir.join("client.key")).unwrap(), b"KEY");
-        let parsed: serde_yaml::Value = serde_yaml::from_str(&config).unwrap();
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&scrape.config).unwrap();
         let jobs = parsed["scrape_configs"].as_sequence().unwrap();
         assert_eq!(jobs.len(), 2);
-        let proxy = &jobs[0];
-        assert_eq!(proxy["scheme"], "https");
+        assert_eq!(jobs[0]["scheme"], "https");
         assert_eq!(
-            proxy["kubernetes_sd_configs"][0]["kubeconfig_file"],
-            kubeconfig.display().to_string()
+            jobs[1]["file_sd_configs"][0]["files"][0],
+            dir.join("trellis-operator.json").display().to_string()
         );
-        let rules = proxy["relabel_configs"].as_sequence().unwrap();
-        let rule = |target: &str| rules.iter().find(|r| r["target_label"] == target).unwrap();
-        assert_eq!(rule("__address__")["replacement"], "127.0.0.1:41234");
+        let targets = scrape.targets(&[PodTarget {
+            namespace: "shop".into(),
+            pod: "orders-7d9".into(),
+            port: 9901,
+            service: Some("orders".into()),
+        }]);
         assert_eq!(
-            rule("__metrics_path__")["replacement"],
-            "/api/v1/namespaces/$1/pods/$2:$3/proxy/metrics"
+            targets,
+            serde_json::json!([{"targets": ["127.0.0.1:41234"], "labels": {
+                "__metrics_path__": "/api/v1/namespaces/shop/pods/orders-7d9:9901/proxy/metrics",
+                "namespace": "shop", "instance": "orders-7d9", "service": "orders"}}])
         );
+        scrape.write_targets("trellis-proxy", &[]).unwrap();
         assert_eq!(
-            rule("service")["source_labels"][0],
-            "__meta_kubernetes_pod_label_mesh_trellis_dev_service"
+            std::fs::read_to_string(dir.join("trellis-proxy.json")).unwrap(),
+            "[]"
         );
-        assert_eq!(
-            rule("namespace")["source_labels"][0],
-            "__meta_kubernetes_namespace"
-        );
-        assert_eq!(
-            rule("instance")["source_labels"][0],
-            "__meta_kubernetes_pod_name"
-        );
-        let operator = jobs[1]["relabel_configs"].as_sequence().unwrap();
-        assert!(
-            operator
-                .iter()
-                .any(|r| r["regex"] == "trellis-system" && r["action"] == "keep")
-        );
-        assert!(operator.iter().all(|r| r["target_label"] != "service"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,7 +1,7 @@
 //! The dashboards against the cluster: Debian's Prometheus on the host
-//! discovers every pod through the API server (`kubernetes_sd_configs` with
-//! the cluster's kubeconfig) and scrapes the sidecars and the operator
-//! through the API server's pod proxy, with the labels the chart's
+//! scrapes the sidecars and the operator through the API server's pod proxy
+//! (the pods listed by the test into file-based discovery: Debian builds
+//! Prometheus without Kubernetes discovery), with the labels the chart's
 //! PodMonitor gives. A mesh of test apps carries load: a driver `web` calls
 //! `flaky` (two pods, one failing: retries, an ejection), `down` (always
 //! 503: retry budget, breaker, fallback) and `slow` (a bulkhead of one),
@@ -12,16 +12,29 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
 use serde_json::json;
+use trellis_api::render::SERVICE_LABEL;
 use trellis_e2e::cluster::{Cluster, OPERATOR_NAMESPACE, app_service, name, report, shared};
 use trellis_e2e::delivery::{Dashboard, substitute_variables};
-use trellis_e2e::prometheus::{self, Prometheus, RATE_WINDOW, kubernetes_config};
+use trellis_e2e::prometheus::{self, ClusterScrape, PodTarget, Prometheus, RATE_WINDOW};
 use trellis_e2e_app::api::{Fault, LoadSpec};
 
 use crate::support::READY;
 
 /// The services of the per-service dashboard, the caller first.
 const SERVICES: [&str; 4] = ["web", "flaky", "down", "slow"];
+
+/// Three quick attempts on a 503, within a budget.
+fn retry_503(ratio: f64, min_per_second: u32) -> serde_json::Value {
+    json!({
+        "attempts": 3,
+        "backoff": {"base": "1ms", "max": "5ms", "jitter": "full"},
+        "retryOn": ["503"],
+        "budget": {"ratio": ratio, "minPerSecond": min_per_second, "window": "10s"}
+    })
+}
 
 #[tokio::test]
 async fn every_panel_query_returns_series_scraped_from_the_cluster() {
@@ -53,8 +66,7 @@ async fn every_panel_query_returns_series_scraped_from_the_cluster() {
         "flaky",
         "flaky",
         json!({
-            "retry": {"attempts": 3, "backoff": {"base": "1ms", "max": "5ms", "jitter": "full"},
-                      "retryOn": ["503"], "budget": {"ratio": 0.5, "minPerSecond": 50, "window": "10s"}},
+            "retry": retry_503(0.5, 50),
             "outlierDetection": {"consecutiveFailures": 3, "baseEjection": "30s", "maxEjectionPercent": 50}
         }),
     )
@@ -64,8 +76,7 @@ async fn every_panel_query_returns_series_scraped_from_the_cluster() {
         "down",
         "down",
         json!({
-            "retry": {"attempts": 3, "backoff": {"base": "1ms", "max": "5ms", "jitter": "full"},
-                      "retryOn": ["503"], "budget": {"ratio": 0.1, "minPerSecond": 1, "window": "10s"}},
+            "retry": retry_503(0.1, 1),
             "circuitBreaker": {"failureRateThreshold": 50, "minimumRequests": 5, "window": "10s",
                                "consecutiveFailures": 5, "openDuration": "1s", "maxOpenDuration": "2s",
                                "halfOpenRequests": 1},
@@ -102,8 +113,16 @@ async fn every_panel_query_returns_series_scraped_from_the_cluster() {
 
     let dir = std::env::temp_dir().join(format!("trellis-cluster-prometheus-{ns}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = kubernetes_config(&cluster.kubeconfig, OPERATOR_NAMESPACE, &dir).unwrap();
-    let prom = Prometheus::start_with_config(&prometheus_bin, &config, &dir)
+    let scrape = ClusterScrape::new(&cluster.kubeconfig, &dir).unwrap();
+    let sidecars = port_targets(&cluster, &ns, "trellis-admin").await;
+    assert_eq!(sidecars.len(), 5, "meshed pods in {ns}");
+    scrape.write_targets("trellis-proxy", &sidecars).unwrap();
+    let operators = port_targets(&cluster, OPERATOR_NAMESPACE, "metrics").await;
+    assert!(!operators.is_empty(), "no operator pod");
+    scrape
+        .write_targets("trellis-operator", &operators)
+        .unwrap();
+    let prom = Prometheus::start_with_config(&prometheus_bin, &scrape.config, &dir)
         .await
         .unwrap();
 
@@ -134,12 +153,12 @@ async fn every_panel_query_returns_series_scraped_from_the_cluster() {
     // Two more scrapes after the load.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let up =
-        |job: &str| format!("up{{job=\"{job}\", namespace=~\"{ns}|{OPERATOR_NAMESPACE}\"}} == 1");
-    let sidecars = prom.query(&up("trellis-proxy")).await.unwrap();
-    assert_eq!(sidecars.len(), 5, "sidecars scraped in {ns}: {sidecars:?}");
-    let operators = prom.query(&up("trellis-operator")).await.unwrap();
-    assert!(!operators.is_empty(), "the operator is not scraped");
+    let up = prom.query("up == 1").await.unwrap();
+    assert_eq!(
+        up.len(),
+        sidecars.len() + operators.len(),
+        "scraped: {up:?}"
+    );
 
     let mut lines = Vec::new();
     let mut empty = Vec::new();
@@ -184,7 +203,8 @@ async fn every_panel_query_returns_series_scraped_from_the_cluster() {
         (lines.len() - empty.len()) as f64,
         "queries",
     );
-    assert!(lines.len() >= 40, "only {} queries", lines.len());
+    // 9 + 13 + 17 queries (e2e/tests/dashboards.rs checks their shape).
+    assert!(lines.len() >= 39, "only {} queries", lines.len());
     assert!(
         empty.is_empty(),
         "queries without a series:\n{}",
@@ -192,4 +212,43 @@ async fn every_panel_query_returns_series_scraped_from_the_cluster() {
     );
     mesh.cleanup().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The running pods of `namespace` with a container port named `port`, as
+/// scrape targets (`service`: the pod's MeshService label).
+async fn port_targets(cluster: &Cluster, namespace: &str, port: &str) -> Vec<PodTarget> {
+    let pods = Api::<Pod>::namespaced(cluster.client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for p in pods.items {
+        if p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+            continue;
+        }
+        let number = p
+            .spec
+            .iter()
+            // The sidecar is a native sidecar: an init container.
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|cp| cp.name.as_deref() == Some(port))
+            .map(|cp| cp.container_port);
+        let Some(number) = number else { continue };
+        out.push(PodTarget {
+            namespace: namespace.to_string(),
+            pod: name(&p),
+            port: u16::try_from(number).unwrap(),
+            service: p
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_LABEL).cloned()),
+        });
+    }
+    out
 }
