@@ -4,13 +4,16 @@
 # loads (found with ldd: glibc, libgcc) and a passwd entry for its non-root
 # user. The same images can be built with Docker alone from
 # e2e/images/Dockerfile (a multi-stage build on public base images).
+# The shop's RabbitMQ and PostgreSQL come from Debian's packages
+# (e2e/images/debian-image.sh, cached by the packages' versions).
 #
 #   e2e/images.sh                  # every image in the table below
 #   e2e/images.sh proxy operator   # some of them
 #   e2e/images.sh --list           # NAME IMAGE lines, nothing built
 #
 # Images are named trellis/NAME:${TRELLIS_IMAGE_TAG:-dev}. A new binary is
-# one more line in the table (the shop's services go there as they appear).
+# one more line in the table. The shop's services need nothing beside their
+# binary: their sqlx migrations are embedded.
 # Prints one image name per line on stdout, sizes on stderr.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,7 +30,15 @@ table="
 operator    trellis-operator    trellis-operator
 proxy       trellis-proxy       trellis-proxy
 e2e-app     trellis-e2e-app     trellis-e2e-app
+gateway     gateway             gateway
+users       users               users
+products    products            products
+orders      orders              orders
+payments    payments            payments
+notifications notifications     notifications
 "
+# Servers from Debian's packages, not from our workspace.
+debian_images=(rabbitmq postgres)
 # The non-root user of every image (distroless' "nonroot").
 UID_GID=65532
 
@@ -39,16 +50,30 @@ while read -r name pkg bin; do
 done <<<"$table"
 
 if [[ "${1:-}" == --list ]]; then
-  for n in "${names[@]}"; do echo "$n trellis/$n:$TAG"; done
+  for n in "${names[@]}" "${debian_images[@]}"; do echo "$n trellis/$n:$TAG"; done
   exit 0
 fi
-wanted=("$@")
-((${#wanted[@]})) || wanted=("${names[@]}")
-for n in "${wanted[@]}"; do
-  [[ -n "${package[$n]:-}" ]] || { echo "images.sh: unknown image $n (known: ${names[*]})" >&2; exit 2; }
+requested=("$@")
+((${#requested[@]})) || requested=("${names[@]}" "${debian_images[@]}")
+wanted=() wanted_debian=()
+for n in "${requested[@]}"; do
+  if [[ -n "${package[$n]:-}" ]]; then
+    wanted+=("$n")
+  elif [[ " ${debian_images[*]} " == *" $n "* ]]; then
+    wanted_debian+=("$n")
+  else
+    echo "images.sh: unknown image $n (known: ${names[*]} ${debian_images[*]})" >&2
+    exit 2
+  fi
 done
 
 log() { echo "images.sh: $*" >&2; }
+for n in "${wanted_debian[@]}"; do
+  start=$SECONDS
+  "$root/e2e/images/debian-image.sh" "$n"
+  log "trellis/$n:$TAG ready in $((SECONDS - start)) s"
+done
+((${#wanted[@]})) || exit 0
 start=$SECONDS
 cargo_args=()
 for n in "${wanted[@]}"; do cargo_args+=(-p "${package[$n]}" --bin "${binary[$n]}"); done

@@ -78,20 +78,7 @@ lap() { log "$1 in $((SECONDS - step)) s"; step=$SECONDS; }
 #    change to the rest of the recipe does not debootstrap again.
 ROOTFS_KEY="$(echo "$SUITE $PACKAGES" | sha256sum | cut -c1-12)"
 ROOTFS="trellis/kind-rootfs:$ROOTFS_KEY"
-ROOTFS_TAR="$cache/images/kind-rootfs-$SUITE-$ROOTFS_KEY.tar.gz"
-if [[ ! -f "$ROOTFS_TAR" ]]; then
-  mirror="$(awk '/^URIs:/ { print $2; exit } /^deb / { print $2; exit }' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -n1)"
-  mirror="${TRELLIS_KIND_DEBIAN_MIRROR:-${mirror:-http://deb.debian.org/debian}}"
-  log "debootstrap $SUITE from $mirror ..."
-  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
-    || { tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
-  rm -rf "$work/rootfs/var/cache/apt/archives"/*.deb "$work/rootfs/var/lib/apt/lists"/*
-  mkdir -p "$(dirname "$ROOTFS_TAR")"
-  rm -f "$cache/images/kind-rootfs-$SUITE"-*.tar.gz
-  tar -C "$work/rootfs" -c . | gzip -1 >"$ROOTFS_TAR.tmp"
-  mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
-  rm -rf "$work/rootfs"
-fi
+ROOTFS_TAR="$("$here/debian-rootfs.sh" kind-rootfs "$SUITE" "$PACKAGES" "$ROOTFS_KEY")"
 "$DOCKER" import - "$ROOTFS" <"$ROOTFS_TAR" >/dev/null
 tags+=("$ROOTFS")
 lap "rootfs $ROOTFS"
