@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Dev, SHOP, assert_broker, build, shop_files, shopper, traced_order};
+use common::{Dev, SHOP, build, shop_files, shopper, traced_order};
 use trellis_e2e::jaeger::{LocalJaeger, Trace};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,7 +24,10 @@ async fn an_order_is_one_trace_across_the_shop_and_its_sidecars() {
         &["--otlp-endpoint", jaeger.otlp_endpoint.as_str()],
     );
     assert!(dev.printed("all 6 services ready"), "not all ready");
-    assert_broker(&dev);
+    assert!(
+        dev.printed("RabbitMQ started") || dev.printed("RabbitMQ already running"),
+        "the trace crosses RabbitMQ: install rabbitmq-server"
+    );
     let token = shopper(&dev).await;
 
     let (status, trace_id, placed) = traced_order(&dev, &token, 0).await;
