@@ -10,4 +10,5 @@
 mod disruption;
 mod mesh;
 mod resilience;
+mod shop;
 mod support;
