@@ -268,7 +268,7 @@ install_trellis() {
     --set "operator.image.tag=$tag" --set "proxy.image.tag=$tag" \
     --set operator.image.pullPolicy=IfNotPresent --set proxy.image.pullPolicy=IfNotPresent \
     --set-string "operator.podAnnotations.trellis\.dev/image-id=$image_id" \
-    --wait --timeout "${TIMEOUT}s" >&2; then
+    --wait --timeout "${TIMEOUT}s" >/dev/null; then
     kubectl -n trellis-system get pods -o wide >&2
     kubectl -n trellis-system logs deployment/trellis-operator --tail=30 >&2 || true
     die "the operator did not become ready"
@@ -318,7 +318,7 @@ cmd_up() {
   images_load
   lap "our images built (release) and loaded"
   install_trellis
-  lap "CRDs and operator (2 replicas, webhooks) ready"
+  lap "helm upgrade --install trellis: CRDs, operator (2 replicas), webhooks ready"
   log "cluster $CLUSTER up in $((SECONDS - t0)) s"
   echo "total: $((SECONDS - t0)) s" >>"$STATE/timings"
   print_env

@@ -366,3 +366,75 @@ fn chart_objects() {
     sorted.dedup();
     assert_eq!(sorted.len(), ids.len(), "an object is rendered twice");
 }
+
+/// operator/deploy.yaml is the plain-kubectl path (`kubectl apply -f crds/
+/// -f operator/rbac.yaml -f operator/deploy.yaml`); the chart is the source
+/// that `e2e/kind.sh up` and users install. With the chart's defaults in
+/// trellis-system, both must run the same operator behind the same webhooks.
+#[test]
+fn plain_manifests_match_the_chart_defaults() {
+    let text = std::fs::read_to_string(repo_root().join("operator/deploy.yaml")).unwrap();
+    let plain = yaml_objects(&text).unwrap();
+    let chart = render_trellis("trellis-system", &[]).unwrap();
+    let plain_ids: Vec<_> = plain.iter().map(object_id).collect();
+    for id in &plain_ids {
+        if id == "Namespace/trellis-system" {
+            continue; // helm's --create-namespace
+        }
+        let (kind, name) = id.split_once('/').unwrap();
+        let p = find(&plain, kind, name).unwrap();
+        let c = find(&chart, kind, name).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            p["metadata"]["namespace"], c["metadata"]["namespace"],
+            "{id}"
+        );
+        match kind {
+            "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
+                assert_eq!(p["webhooks"], c["webhooks"], "{id}");
+            }
+            "Service" => {
+                assert_eq!(p["spec"]["ports"], c["spec"]["ports"], "{id}");
+                assert_eq!(
+                    p["spec"]["selector"]["app.kubernetes.io/name"],
+                    c["spec"]["selector"]["app.kubernetes.io/name"],
+                    "{id}"
+                );
+            }
+            "Deployment" => {
+                assert_eq!(p["spec"]["replicas"], c["spec"]["replicas"]);
+                let (pp, cp) = (
+                    &p["spec"]["template"]["spec"],
+                    &c["spec"]["template"]["spec"],
+                );
+                for field in [
+                    "serviceAccountName",
+                    "securityContext",
+                    "terminationGracePeriodSeconds",
+                ] {
+                    assert_eq!(pp[field], cp[field], "{id} {field}");
+                }
+                let (pc, cc) = (&pp["containers"][0], &cp["containers"][0]);
+                for field in [
+                    "name",
+                    "image",
+                    "imagePullPolicy",
+                    "args",
+                    "ports",
+                    "readinessProbe",
+                    "livenessProbe",
+                    "resources",
+                    "securityContext",
+                ] {
+                    assert_eq!(pc[field], cc[field], "{id} container {field}");
+                }
+                // The chart sets every default explicitly; what deploy.yaml sets, it sets alike.
+                let chart_env = env_values(&cc["env"]);
+                for (var, value) in env_values(&pc["env"]) {
+                    assert_eq!(chart_env.get(&var), Some(&value), "{id} env {var}");
+                }
+            }
+            other => panic!("operator/deploy.yaml has a {other} the test does not compare"),
+        }
+    }
+    assert_eq!(plain_ids.len(), 6, "{plain_ids:?}");
+}

@@ -11,4 +11,5 @@ mod dashboards;
 mod disruption;
 mod mesh;
 mod resilience;
+mod shop;
 mod support;
