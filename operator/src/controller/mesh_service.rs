@@ -496,3 +496,90 @@ pub fn services_for_policy(
     refs.dedup();
     refs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+
+    fn service(name: &str, upstreams: &[&str], policies: &[&str]) -> MeshService {
+        let mut svc: MeshService = serde_yaml::from_str(&format!(
+            "apiVersion: mesh.trellis.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{image: app:1, port: 8080, upstreams: {upstreams:?}}}\n"
+        ))
+        .expect("a valid MeshService");
+        if !policies.is_empty() {
+            svc.status = Some(MeshServiceStatus {
+                policies: policies.iter().map(|p| p.to_string()).collect(),
+                ..Default::default()
+            });
+        }
+        svc
+    }
+
+    fn policy(name: &str, target: &str) -> ResiliencePolicy {
+        serde_yaml::from_str(&format!(
+            "apiVersion: mesh.trellis.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{targetRef: {{kind: MeshService, name: {target}}}, retry: {{attempts: 2}}}}\n"
+        ))
+        .expect("a valid ResiliencePolicy")
+    }
+
+    fn store(services: Vec<MeshService>) -> Store<MeshService> {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&Event::Init);
+        for s in services {
+            writer.apply_watcher_event(&Event::InitApply(s));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        store
+    }
+
+    fn names(refs: Vec<ObjectRef<MeshService>>) -> Vec<String> {
+        refs.into_iter().map(|r| r.name).collect()
+    }
+
+    /// The chain of the scale benchmark: svc-i calls svc-(i-1), svc-(i-10), svc-(i-100).
+    fn chain(n: usize) -> Vec<MeshService> {
+        (0..n)
+            .map(|i| {
+                let ups: Vec<String> = [1, 10, 100]
+                    .iter()
+                    .filter(|d| i >= **d)
+                    .map(|d| format!("svc-{}", i - d))
+                    .collect();
+                let ups: Vec<&str> = ups.iter().map(String::as_str).collect();
+                service(&format!("svc-{i}"), &ups, &[])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_policy_change_reconciles_only_its_target_and_the_targets_callers() {
+        let store = store(chain(300));
+        let affected = names(services_for_policy(&store, &policy("pol", "svc-50")));
+        // svc-50 (inbound limits) and the three services that call it.
+        assert_eq!(affected, ["svc-150", "svc-50", "svc-51", "svc-60"]);
+    }
+
+    #[test]
+    fn a_retargeted_policy_also_reconciles_its_former_target_and_callers() {
+        let store = store(vec![
+            service("old", &[], &["pol"]),
+            service("new", &[], &[]),
+            service("calls-old", &["old"], &[]),
+            service("calls-new", &["new"], &[]),
+            service("bystander", &["elsewhere"], &[]),
+        ]);
+        let affected = names(services_for_policy(&store, &policy("pol", "new")));
+        assert_eq!(affected, ["calls-new", "calls-old", "new", "old"]);
+    }
+
+    #[test]
+    fn a_service_change_reconciles_only_its_callers() {
+        let store = store(chain(300));
+        let svc = service("svc-120", &[], &[]);
+        let mut callers = names(callers_of(&store, &svc));
+        callers.sort();
+        assert_eq!(callers, ["svc-121", "svc-130", "svc-220"]);
+    }
+}
