@@ -413,6 +413,17 @@ pub fn is_exported_series(families: &BTreeSet<Family>, name: &str) -> bool {
     })
 }
 
+/// The shop's six services: the MeshServices of examples/shop and charts/shop,
+/// all of which an order's trace crosses.
+pub const SHOP: [&str; 6] = [
+    "gateway",
+    "users",
+    "products",
+    "orders",
+    "payments",
+    "notifications",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

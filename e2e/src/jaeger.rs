@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::delivery::tool;
+use crate::delivery::{SHOP, tool};
 use crate::local::{Process, free_port};
 
 /// Jaeger v2's configuration: OTLP/gRPC in on `otlp`, memory storage, the
@@ -106,15 +106,6 @@ fn client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// The shop's services, all of which an order's trace crosses.
-pub const SHOP: [&str; 6] = [
-    "gateway",
-    "users",
-    "products",
-    "orders",
-    "payments",
-    "notifications",
-];
 /// The services whose events notifications consumes.
 const SHOP_SENDERS: [&str; 2] = ["orders", "payments"];
 

@@ -9,7 +9,7 @@
 use std::process::Command;
 
 use serde_json::Value;
-use trellis_e2e::delivery::{helm, object_id, render_trellis, shop_chart, trellis_chart};
+use trellis_e2e::delivery::{SHOP, helm, object_id, render_trellis, shop_chart, trellis_chart};
 use trellis_e2e::{ControlPlane, repo_root};
 
 const NS: &str = "trellis-system";
@@ -159,14 +159,7 @@ fn helm_installs_upgrades_and_uninstalls_trellis() {
         "--set",
         "policies.enabled=false",
     ]);
-    for name in [
-        "gateway",
-        "users",
-        "products",
-        "orders",
-        "payments",
-        "notifications",
-    ] {
+    for name in SHOP {
         assert!(
             cp.get("meshservice", name, Some("shop")).is_some(),
             "MeshService {name}"

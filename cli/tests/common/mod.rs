@@ -296,7 +296,7 @@ pub fn assert_broker(dev: &Dev) {
 }
 
 /// The shop's services, as `examples/shop` names them.
-pub use trellis_e2e::jaeger::SHOP;
+pub use trellis_e2e::delivery::SHOP;
 
 /// `examples/policies/payments.yaml`.
 pub fn payments_policy() -> String {
