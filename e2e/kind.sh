@@ -5,7 +5,7 @@
 # for trying the mesh by hand.
 #
 #   eval "$(e2e/kind.sh up)"     # create (or reuse) the cluster; exports KUBECONFIG etc.
-#   e2e/kind.sh load [NAME...]   # rebuild our images (e2e/images.sh) and load them
+#   e2e/kind.sh load [NAME...]   # rebuild our images (e2e/images.sh, jaeger: e2e/jaeger-image.sh) and load them
 #   e2e/kind.sh env              # the export lines again
 #   e2e/kind.sh status           # nodes and the operator
 #   e2e/kind.sh restart-apiserver  # stop the API server's static pod, start it again
@@ -25,6 +25,10 @@ STATE="${TRELLIS_KIND_STATE:-/tmp/trellis-kind-$CLUSTER}"
 CACHE="${TRELLIS_KIND_CACHE:-$HOME/.cache/trellis/kind}"
 NODE="$CLUSTER-control-plane"
 TIMEOUT="${TRELLIS_KIND_TIMEOUT:-180}"
+# Where every sidecar exports its spans: the Jaeger of the shop chart
+# installed as users do (`-n shop --set jaeger.enabled=true`), a fixed address
+# the cluster suite's shop test installs to. "" exports none.
+OTLP_ENDPOINT="${TRELLIS_KIND_OTLP_ENDPOINT-http://jaeger.shop:4317}"
 # Debian's docker client matches Debian's dockerd; any docker works otherwise.
 if [[ -x /usr/bin/docker ]]; then DOCKER=/usr/bin/docker; else DOCKER="$(command -v docker || echo docker)"; fi
 export DOCKER
@@ -226,9 +230,18 @@ coredns_cluster_only() {
 }
 
 # Builds our images in the background (a release build: the longest step of a
-# cold start), while the node image is made and the cluster created.
+# cold start), while the node image is made and the cluster created. Beside
+# e2e/images.sh's, `jaeger` is the shop chart's Jaeger (e2e/jaeger-image.sh);
+# no names: all of them.
 images_start() {
-  "$root/e2e/images.sh" "$@" >"$STATE/images.built" 2>"$STATE/images.log" &
+  local names=() jaeger=$(($# == 0)) n
+  for n in "$@"; do
+    if [[ "$n" == jaeger ]]; then jaeger=1; else names+=("$n"); fi
+  done
+  (
+    if ((jaeger)); then "$root/e2e/jaeger-image.sh"; fi
+    if (($# == 0 || ${#names[@]})); then "$root/e2e/images.sh" "${names[@]}"; fi
+  ) >"$STATE/images.built" 2>"$STATE/images.log" &
   IMAGES_PID=$!
 }
 
@@ -237,7 +250,7 @@ images_load() {
     tail -n 40 "$STATE/images.log" >&2
     die "e2e/images.sh failed; log: $STATE/images.log"
   fi
-  grep '^images.sh:' "$STATE/images.log" >&2 || true
+  grep -E '^(images|jaeger-image).sh:' "$STATE/images.log" >&2 || true
   local images=()
   mapfile -t images <"$STATE/images.built"
   ((${#images[@]})) || die "e2e/images.sh built nothing"
@@ -268,6 +281,7 @@ install_trellis() {
     --set "operator.image.tag=$tag" --set "proxy.image.tag=$tag" \
     --set operator.image.pullPolicy=IfNotPresent --set proxy.image.pullPolicy=IfNotPresent \
     --set-string "operator.podAnnotations.trellis\.dev/image-id=$image_id" \
+    --set-string "proxy.otlpEndpoint=$OTLP_ENDPOINT" \
     --wait --timeout "${TIMEOUT}s" >/dev/null; then
     kubectl -n trellis-system get pods -o wide >&2
     kubectl -n trellis-system logs deployment/trellis-operator --tail=30 >&2 || true
