@@ -66,9 +66,19 @@ pub fn app_image() -> String {
 /// `TRELLIS_E2E_REPORT` when set (`.ci/run` prints them at the end).
 pub fn report(what: &str, value: f64, unit: &str) {
     eprintln!("MEASURED {what}: {value:.3} {unit}");
+    append_report(json!({"what": what, "value": value, "unit": unit}));
+}
+
+/// What a test saw that is not a number (a span tree, series counts):
+/// printed, and appended to `TRELLIS_E2E_REPORT` as `{"what", "text"}`.
+pub fn report_text(what: &str, text: &str) {
+    println!("{what}:\n{text}");
+    append_report(json!({"what": what, "text": text}));
+}
+
+fn append_report(line: Value) {
     if let Ok(path) = std::env::var("TRELLIS_E2E_REPORT") {
         use std::io::Write;
-        let line = json!({"what": what, "value": value, "unit": unit}).to_string();
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -115,6 +125,34 @@ impl Cluster {
                 .as_millis()
                 & 0xffffff
         );
+        self.create_namespace(name).await
+    }
+
+    /// The namespace `name`, fresh, for a test that needs a fixed address
+    /// (`SERVICE.name`). One an earlier run left is deleted first; one the
+    /// tests did not make is an error, never deleted.
+    pub async fn fixed_namespace(&self, name: &str) -> anyhow::Result<Mesh> {
+        let namespaces = Api::<Namespace>::all(self.client.clone());
+        if let Some(old) = namespaces.get_opt(name).await? {
+            let ours = old
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(TEST_LABEL));
+            if !ours {
+                bail!("namespace {name} exists and was not made by the tests; remove it first");
+            }
+            let _ = namespaces.delete(name, &DeleteParams::background()).await;
+            eventually(Duration::from_secs(180), || async {
+                namespaces.get_opt(name).await.ok()?.is_none().then_some(())
+            })
+            .await
+            .with_context(|| format!("namespace {name} left by an earlier run is not gone"))?;
+        }
+        self.create_namespace(name.to_string()).await
+    }
+
+    async fn create_namespace(&self, name: String) -> anyhow::Result<Mesh> {
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
