@@ -1,229 +1,159 @@
 //! The dashboards against the cluster: Debian's Prometheus on the host
-//! scrapes the sidecars and the operator through the API server's pod proxy
-//! (the pods listed by the test into file-based discovery: Debian builds
-//! Prometheus without Kubernetes discovery), with the labels the chart's
-//! PodMonitor gives. A mesh of test apps carries load: a driver `web` calls
-//! `flaky` (two pods, one failing: retries, an ejection), `down` (always
-//! 503: retry budget, breaker, fallback) and `slow` (a bulkhead of one),
-//! and a MeshService the API server refuses keeps the operator's error
-//! series busy. Then every panel query of every dashboard, with its
-//! variables substituted (this namespace, or the operator's; `web` as the
-//! service, or the service whose panel it is), returns at least one series.
+//! scrapes the sidecars of one namespace and the operator through the API
+//! server's pod proxy (the pods listed by the test into file-based
+//! discovery: Debian builds Prometheus without Kubernetes discovery), with
+//! the labels the chart's PodMonitor gives; then every panel query of every
+//! dashboard, its variables substituted as Grafana would, is evaluated.
+//! The shop test (`shop.rs`) puts the load on and calls it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use serde_json::json;
 use trellis_api::render::SERVICE_LABEL;
-use trellis_e2e::cluster::{Cluster, OPERATOR_NAMESPACE, app_service, name, report, shared};
+use trellis_e2e::cluster::{Cluster, OPERATOR_NAMESPACE, eventually, name};
 use trellis_e2e::delivery::{Dashboard, substitute_variables};
-use trellis_e2e::prometheus::{self, ClusterScrape, PodTarget, Prometheus, RATE_WINDOW};
-use trellis_e2e_app::api::{Fault, LoadSpec};
+use trellis_e2e::prometheus::{ClusterScrape, PodTarget, Prometheus, RATE_WINDOW};
 
-use crate::support::READY;
+/// 9 + 13 + 17 queries (e2e/tests/dashboards.rs checks their shape).
+pub const PANEL_QUERIES: usize = 39;
 
-/// The services of the per-service dashboard, the caller first.
-const SERVICES: [&str; 4] = ["web", "flaky", "down", "slow"];
-
-/// Three quick attempts on a 503, within a budget.
-fn retry_503(ratio: f64, min_per_second: u32) -> serde_json::Value {
-    json!({
-        "attempts": 3,
-        "backoff": {"base": "1ms", "max": "5ms", "jitter": "full"},
-        "retryOn": ["503"],
-        "budget": {"ratio": ratio, "minPerSecond": min_per_second, "window": "10s"}
-    })
+/// Prometheus scraping the sidecars of `ns` and the operator's pods.
+pub struct MeshScrape {
+    pub prom: Prometheus,
+    scrape: ClusterScrape,
+    cluster: Cluster,
+    ns: String,
+    dir: PathBuf,
 }
 
-#[tokio::test]
-async fn every_panel_query_returns_series_scraped_from_the_cluster() {
-    let Some(cluster) =
-        Cluster::attach("every_panel_query_returns_series_scraped_from_the_cluster").await
-    else {
-        return;
-    };
-    let Some(prometheus_bin) = prometheus::binary() else {
-        return;
-    };
-    let _guard = shared().await;
-    let mesh = cluster.namespace("dashboards").await.unwrap();
-    let ns = mesh.ns.clone();
-
-    for (svc, replicas) in [("flaky", 2), ("down", 1), ("slow", 1)] {
-        mesh.apply_service(svc, app_service("echo", replicas, &[], json!([])))
-            .await
-            .unwrap();
-    }
-    mesh.apply_service(
-        "web",
-        app_service("driver", 1, &["flaky", "down", "slow"], json!([])),
-    )
-    .await
-    .unwrap();
-    // Through the validating webhook: its series.
-    mesh.apply_policy(
-        "flaky",
-        "flaky",
-        json!({
-            "retry": retry_503(0.5, 50),
-            "outlierDetection": {"consecutiveFailures": 3, "baseEjection": "30s", "maxEjectionPercent": 50}
-        }),
-    )
-    .await
-    .unwrap();
-    mesh.apply_policy(
-        "down",
-        "down",
-        json!({
-            "retry": retry_503(0.1, 1),
-            "circuitBreaker": {"failureRateThreshold": 50, "minimumRequests": 5, "window": "10s",
-                               "consecutiveFailures": 5, "openDuration": "1s", "maxOpenDuration": "2s",
-                               "halfOpenRequests": 1},
-            "fallback": {"status": 503, "body": "{\"error\":\"down unavailable\"}", "contentType": "application/json"}
-        }),
-    )
-    .await
-    .unwrap();
-    mesh.apply_policy(
-        "slow",
-        "slow",
-        json!({
-            "bulkhead": {"maxConcurrent": 1, "maxQueued": 0, "queueTimeout": "10ms"},
-            "inbound": {"rateLimit": {"requestsPerSecond": 1000, "burst": 1000}}
-        }),
-    )
-    .await
-    .unwrap();
-    // The API server refuses its Deployment: reconcile errors and requeues.
-    let mut broken = app_service("echo", 1, &[], json!([]));
-    broken["resources"] = json!({"requests": {"cpu": "-1"}});
-    mesh.apply_service("broken", broken).await.unwrap();
-
-    let flaky = mesh.wait_ready("flaky", 2, READY).await.unwrap();
-    let down = mesh.wait_ready("down", 1, READY).await.unwrap();
-    mesh.wait_ready("slow", 1, READY).await.unwrap();
-    let web = name(&mesh.wait_ready("web", 1, READY).await.unwrap()[0]);
-    mesh.set_fault(&name(&flaky[1]), &Fault::failing(503))
-        .await
-        .unwrap();
-    mesh.set_fault(&name(&down[0]), &Fault::failing(503))
-        .await
-        .unwrap();
-
-    let dir = std::env::temp_dir().join(format!("trellis-cluster-prometheus-{ns}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let scrape = ClusterScrape::new(&cluster.kubeconfig, &dir).unwrap();
-    let sidecars = port_targets(&cluster, &ns, "trellis-admin").await;
-    assert_eq!(sidecars.len(), 5, "meshed pods in {ns}");
-    scrape.write_targets("trellis-proxy", &sidecars).unwrap();
-    let operators = port_targets(&cluster, OPERATOR_NAMESPACE, "metrics").await;
-    assert!(!operators.is_empty(), "no operator pod");
-    scrape
-        .write_targets("trellis-operator", &operators)
-        .unwrap();
-    let prom = Prometheus::start_with_config(&prometheus_bin, &scrape.config, &dir)
-        .await
-        .unwrap();
-
-    // Load on every path at once, long enough for rates to see several scrapes.
-    let secs = 20;
-    let mut runs = Vec::new();
-    for (authority, path, rps) in [
-        ("flaky", "/api", 40),
-        ("down", "/api", 20),
-        ("slow", "/api?sleepMs=100", 40),
-    ] {
-        let spec = LoadSpec {
-            authority: authority.into(),
-            path: path.into(),
-            rps,
-            total: u64::from(rps) * secs,
-            timeout_ms: 5_000,
+impl MeshScrape {
+    /// Starts Prometheus on the pods running now.
+    pub async fn start(cluster: &Cluster, bin: &std::path::Path, ns: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("trellis-cluster-prometheus-{ns}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let scrape = ClusterScrape::new(&cluster.kubeconfig, &dir)?;
+        scrape.write_targets("trellis-proxy", &[])?;
+        scrape.write_targets("trellis-operator", &[])?;
+        let prom = Prometheus::start_with_config(bin, &scrape.config, &dir).await?;
+        let me = MeshScrape {
+            prom,
+            scrape,
+            cluster: cluster.clone(),
+            ns: ns.to_string(),
+            dir,
         };
-        runs.push((authority, mesh.start_load(&web, &spec).await.unwrap()));
+        me.follow_pods().await?;
+        Ok(me)
     }
-    for (authority, id) in runs {
-        let r = mesh
-            .finish_load(&web, id, Duration::from_secs(secs * 4))
-            .await
-            .unwrap();
-        eprintln!("load web → {authority}: {r:?}");
+
+    /// Points Prometheus at the pods running now (after a rollout) and
+    /// waits until it has scraped each of them.
+    pub async fn follow_pods(&self) -> anyhow::Result<usize> {
+        let sidecars = port_targets(&self.cluster, &self.ns, "trellis-admin").await?;
+        let operators = port_targets(&self.cluster, OPERATOR_NAMESPACE, "metrics").await?;
+        if sidecars.is_empty() || operators.is_empty() {
+            bail!(
+                "{} sidecars in {}, {} operator pods",
+                sidecars.len(),
+                self.ns,
+                operators.len()
+            );
+        }
+        self.scrape.write_targets("trellis-proxy", &sidecars)?;
+        self.scrape.write_targets("trellis-operator", &operators)?;
+        let want: Vec<String> = sidecars
+            .iter()
+            .chain(&operators)
+            .map(|p| p.pod.clone())
+            .collect();
+        let n = want.len();
+        eventually(Duration::from_secs(60), || async {
+            let up = self.prom.query("up == 1").await.ok()?;
+            let scraped: Vec<&str> = up
+                .iter()
+                .filter_map(|s| s["metric"]["instance"].as_str())
+                .collect();
+            want.iter()
+                .all(|p| scraped.contains(&p.as_str()))
+                .then_some(())
+        })
+        .await
+        .with_context(|| format!("Prometheus never scraped all of {want:?}"))?;
+        Ok(n)
     }
-    // Two more scrapes after the load.
-    tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let up = prom.query("up == 1").await.unwrap();
-    assert_eq!(
-        up.len(),
-        sidecars.len() + operators.len(),
-        "scraped: {up:?}"
-    );
-
-    let mut lines = Vec::new();
-    let mut empty = Vec::new();
-    for d in Dashboard::all().unwrap() {
-        let (namespace, services): (&str, &[&str]) = if d.file == "operator.json" {
-            (OPERATOR_NAMESPACE, &[""])
-        } else if d.file == "mesh-overview.json" {
-            (&ns, &[".+"])
-        } else {
-            (&ns, &SERVICES)
-        };
-        for (title, expr) in d.queries() {
-            let mut found = None;
-            for service in services {
-                let q = substitute_variables(&expr, RATE_WINDOW, namespace, service);
-                let n = prom.query(&q).await.unwrap().len();
-                if n > 0 {
-                    found = Some((service, n));
-                    break;
-                }
-            }
+    /// Every panel query of every dashboard with its variables chosen:
+    /// namespace = the operator's for the operator dashboard, else `ns`;
+    /// service = All on the overview, and on the per-service dashboard the
+    /// first of `services` for which the query returns a series. One line
+    /// per query (`dashboard / panel [variables]: N series`), and the
+    /// queries that returned none.
+    pub async fn panels(&self, services: &[&str]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let mut lines = Vec::new();
+        let mut empty = Vec::new();
+        for d in Dashboard::all()? {
+            let (namespace, services): (&str, &[&str]) = if d.file == "operator.json" {
+                (OPERATOR_NAMESPACE, &[""])
+            } else if d.file == "mesh-overview.json" {
+                (&self.ns, &[".+"])
+            } else {
+                (&self.ns, services)
+            };
             let file = d.file.trim_end_matches(".json");
-            match found {
-                Some((service, n)) => {
-                    let chosen = match *service {
-                        "" => format!("namespace={namespace}"),
-                        ".+" => format!("namespace={namespace}, service=All"),
-                        s => format!("namespace={namespace}, service={s}"),
-                    };
-                    lines.push(format!("{file} / {title} [{chosen}]: {n} series"));
+            for (title, expr) in d.queries() {
+                let mut found = None;
+                for service in services {
+                    let q = substitute_variables(&expr, RATE_WINDOW, namespace, service);
+                    let n = self.prom.query(&q).await?.len();
+                    if n > 0 {
+                        found = Some((*service, n));
+                        break;
+                    }
                 }
-                None => {
-                    lines.push(format!("{file} / {title}: 0 series"));
-                    empty.push(format!("{file} / {title}: {expr}"));
+                match found {
+                    Some((service, n)) => {
+                        let chosen = match service {
+                            "" => format!("namespace={namespace}"),
+                            ".+" => format!("namespace={namespace}, service=All"),
+                            s => format!("namespace={namespace}, service={s}"),
+                        };
+                        lines.push(format!("{file} / {title} [{chosen}]: {n} series"));
+                    }
+                    None => {
+                        lines.push(format!("{file} / {title}: 0 series"));
+                        empty.push(format!("{file} / {title}: {expr}"));
+                    }
                 }
             }
         }
+        Ok((lines, empty))
     }
-    println!("{}", lines.join("\n"));
-    report(
-        "dashboard queries with series",
-        (lines.len() - empty.len()) as f64,
-        "queries",
-    );
-    // 9 + 13 + 17 queries (e2e/tests/dashboards.rs checks their shape).
-    assert!(lines.len() >= 39, "only {} queries", lines.len());
-    assert!(
-        empty.is_empty(),
-        "queries without a series:\n{}",
-        empty.join("\n")
-    );
-    mesh.cleanup().await;
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+impl Drop for MeshScrape {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// The running pods of `namespace` with a container port named `port`, as
 /// scrape targets (`service`: the pod's MeshService label).
-async fn port_targets(cluster: &Cluster, namespace: &str, port: &str) -> Vec<PodTarget> {
+async fn port_targets(
+    cluster: &Cluster,
+    namespace: &str,
+    port: &str,
+) -> anyhow::Result<Vec<PodTarget>> {
     let pods = Api::<Pod>::namespaced(cluster.client.clone(), namespace)
         .list(&ListParams::default())
-        .await
-        .unwrap();
+        .await?;
     let mut out = Vec::new();
     for p in pods.items {
-        if p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        if !running || p.metadata.deletion_timestamp.is_some() {
             continue;
         }
         let number = p
@@ -242,7 +172,7 @@ async fn port_targets(cluster: &Cluster, namespace: &str, port: &str) -> Vec<Pod
         out.push(PodTarget {
             namespace: namespace.to_string(),
             pod: name(&p),
-            port: u16::try_from(number).unwrap(),
+            port: u16::try_from(number)?,
             service: p
                 .metadata
                 .labels
@@ -250,5 +180,5 @@ async fn port_targets(cluster: &Cluster, namespace: &str, port: &str) -> Vec<Pod
                 .and_then(|l| l.get(SERVICE_LABEL).cloned()),
         });
     }
-    out
+    Ok(out)
 }
