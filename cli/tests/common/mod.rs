@@ -28,14 +28,24 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// Builds the sidecar and `services` (no-op when fresh) in the test's own
-/// profile and target dir.
+/// profile and target dir, with the features `cargo test --workspace`
+/// resolves: `--workspace` and a test target (this package's `cli`) make
+/// cargo unify features over every member and its dev-dependencies, as the
+/// test build does. After `cargo test --workspace` (CI) every library is
+/// then already built and only the binaries are linked; `-p` alone would
+/// resolve fewer features and build the shop's dependencies a second time.
 pub fn build(services: &[&str]) {
     let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .current_dir(workspace())
-        .args(["build", "-p", "trellis-proxy"]);
+    cargo.current_dir(workspace()).args([
+        "build",
+        "--workspace",
+        "--test",
+        "cli",
+        "--bin",
+        "trellis-proxy",
+    ]);
     for s in services {
-        cargo.args(["-p", s]);
+        cargo.args(["--bin", s]);
     }
     if let Some(target) = bin_dir().parent() {
         cargo.env("CARGO_TARGET_DIR", target);
