@@ -34,8 +34,31 @@ pub fn bin_dir() -> PathBuf {
 /// test build does. After `cargo test --workspace` (CI) every library is
 /// then already built and only the binaries are linked; `-p` alone would
 /// resolve fewer features and build the shop's dependencies a second time.
+///
+/// The variables cargo sets for a running test (`CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_NAME`, …) are not passed on: build scripts such as ring's
+/// watch them (`rerun-if-env-changed`), and seeing them differ from the
+/// outer build's empty ones, cargo would rebuild ring and all above it, here
+/// and again in the next `cargo test`.
 pub fn build(services: &[&str]) {
     let mut cargo = Command::new(env!("CARGO"));
+    for (name, _) in std::env::vars_os() {
+        let Some(n) = name.to_str() else { continue };
+        let per_test = n.starts_with("CARGO_PKG_")
+            || n.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                n,
+                "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            );
+        if per_test {
+            cargo.env_remove(&name);
+        }
+    }
     cargo.current_dir(workspace()).args([
         "build",
         "--workspace",
