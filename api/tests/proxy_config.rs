@@ -65,3 +65,39 @@ fn defaults_fill_listeners_and_limits() {
     assert_eq!(config.listeners.admin.port(), 4191);
     assert_eq!(config.http.max_headers, 100);
 }
+
+#[test]
+fn http2_bounds_default_when_absent_and_are_checked() {
+    let base = with(r#"{static: {addresses: []}}"#);
+    let config = ProxyConfig::from_yaml(&base).unwrap();
+    let h2 = config.http.http2;
+    assert_eq!(h2.max_concurrent_streams.get(), 100);
+    assert_eq!(h2.initial_stream_window_size.get(), 64 * 1024);
+    assert_eq!(h2.initial_connection_window_size.get(), 1024 * 1024);
+    assert_eq!(h2.max_send_buffer_size.get(), 64 * 1024);
+    // One field given, the others keep their defaults.
+    let http = "http: {headerReadTimeout: 1s, maxHeaders: 50, maxHeaderBytes: 16384, \
+                shutdownGrace: 5s, http2: {maxConcurrentStreams: 8}}\n";
+    let config = ProxyConfig::from_yaml(&(base.clone() + http)).unwrap();
+    assert_eq!(config.http.http2.max_concurrent_streams.get(), 8);
+    assert_eq!(
+        config.http.http2.initial_stream_window_size.get(),
+        64 * 1024
+    );
+    for (bad, path) in [
+        ("maxConcurrentStreams: 0", "http.http2.maxConcurrentStreams"),
+        (
+            "initialConnectionWindowSize: 1024",
+            "http.http2.initialConnectionWindowSize",
+        ),
+        (
+            "initialStreamWindowSize: 4294967295",
+            "http.http2.initialStreamWindowSize",
+        ),
+        ("keepAliveTimeout: 0s", "http.http2.keepAliveTimeout"),
+    ] {
+        let yaml = base.clone() + &http.replace("maxConcurrentStreams: 8", bad);
+        let err = ProxyConfig::from_yaml(&yaml).unwrap_err();
+        assert_eq!(err.path, path, "{bad}: {err}");
+    }
+}

@@ -5,17 +5,19 @@
 //!
 //! The proxy binary is the workspace's (`cargo test --workspace` builds it;
 //! alone: `cargo build -p trellis-proxy`), or `TRELLIS_PROXY_BIN`.
+//! [`ProxyProcess`] starts one and reads its bound addresses from its start
+//! line; the sidecar's own process tests use it too.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use trellis_api::crd::{MeshService, ResiliencePolicy};
 use trellis_api::parse::from_yaml;
-use trellis_api::proxy::{Listeners, Tracing};
+use trellis_api::proxy::{Listeners, ProxyConfig, Tracing};
 use trellis_api::render::{self, DiscoveryMode, Settings};
 use trellis_e2e_app::echo::{self, EchoState};
 
@@ -38,7 +40,84 @@ pub struct Sidecar {
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
-    _process: Process,
+    _process: ProxyProcess,
+}
+
+/// A `trellis-proxy` process (killed when dropped), the addresses its start
+/// line names, and every line it has logged so far.
+pub struct ProxyProcess {
+    pub child: Child,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl ProxyProcess {
+    /// Runs `cmd` (the binary, or a wrapper that execs it) with `--config
+    /// config` and info logs; returns once the start line came (20 s at most).
+    pub fn start(mut cmd: Command, config: &Path) -> ProxyProcess {
+        let mut child = cmd
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // Logged before the start line is passed on: whoever waits
+                // for it may read the log at once.
+                let start = line.contains("outbound=").then(|| line.clone());
+                lines.lock().unwrap().push(line);
+                if let Some(start) = start {
+                    let _ = tx.send(start);
+                }
+            }
+        });
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{}: no start line in 20 s; logged:\n{}",
+                config.display(),
+                log.lock().unwrap().join("\n")
+            );
+        };
+        let addr = |key: &str| -> SocketAddr {
+            let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+            line[at..]
+                .split_whitespace()
+                .next()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("{key} in {line}"))
+        };
+        ProxyProcess {
+            inbound: addr("inbound="),
+            outbound: addr("outbound="),
+            admin: addr("admin="),
+            child,
+            log,
+        }
+    }
+
+    /// The first line logged so far that contains `needle`.
+    pub fn logged(&self, needle: &str) -> Option<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().find(|l| l.contains(needle)).cloned()
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub fn proxy_binary() -> PathBuf {
@@ -92,6 +171,30 @@ pub fn start_sidecar(
     otlp: Option<&str>,
     dir: &Path,
 ) -> Sidecar {
+    let config = sidecar_config(service, app, upstreams, policies, otlp);
+    let path = dir.join(format!("{service}-{}.yaml", free_port()));
+    std::fs::write(&path, config.to_yaml()).unwrap();
+    let process = ProxyProcess::start(Command::new(proxy_binary()), &path);
+    Sidecar {
+        service,
+        inbound: process.inbound,
+        outbound: process.outbound,
+        admin: process.admin,
+        _process: process,
+    }
+}
+
+/// The sidecar config the operator renders for the MeshService `service`
+/// in [`NAMESPACE`] (its app on `app`, calling `upstreams`) under
+/// `policies`, with static discovery of the upstreams' addresses and every
+/// listener on 127.0.0.1:0; spans go to `otlp` when set.
+pub fn sidecar_config<A: AsRef<[SocketAddr]>>(
+    service: &str,
+    app: SocketAddr,
+    upstreams: &[(&str, A)],
+    policies: &[ResiliencePolicy],
+    otlp: Option<&str>,
+) -> ProxyConfig {
     let names: Vec<&str> = upstreams.iter().map(|(n, _)| *n).collect();
     let svc: MeshService = from_yaml(&format!(
         "apiVersion: mesh.trellis.dev/v1alpha1\nkind: MeshService\n\
@@ -105,7 +208,10 @@ pub fn start_sidecar(
         discovery: DiscoveryMode::Static(
             upstreams
                 .iter()
-                .map(|(n, addrs)| (n.to_string(), addrs.iter().map(|a| a.to_string()).collect()))
+                .map(|(n, addrs)| {
+                    let addrs = addrs.as_ref().iter().map(|a| a.to_string()).collect();
+                    (n.to_string(), addrs)
+                })
                 .collect(),
         ),
         listeners: Some(Listeners {
@@ -119,45 +225,5 @@ pub fn start_sidecar(
         },
         ..Settings::default()
     };
-    let config = render::proxy_config(&svc, service, NAMESPACE, policies, &settings);
-    let path = dir.join(format!("{service}-{}.yaml", free_port()));
-    std::fs::write(&path, config.to_yaml()).unwrap();
-    let mut child = Command::new(proxy_binary())
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let process = Process(child);
-    // The start line names the bound addresses.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("outbound=") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("{service}: no start line"));
-    let addr = |key: &str| -> SocketAddr {
-        let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
-        line[at..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    Sidecar {
-        service,
-        inbound: addr("inbound="),
-        outbound: addr("outbound="),
-        admin: addr("admin="),
-        _process: process,
-    }
+    render::proxy_config(&svc, service, NAMESPACE, policies, &settings)
 }

@@ -137,7 +137,7 @@ impl Applier {
         ));
         self.table = table.clone();
         self.routes.set_arc(table);
-        if old.http.body_idle_timeout != config.http.body_idle_timeout {
+        if app_client_settings(&old.http) != app_client_settings(&config.http) {
             self.app_client = HttpClient::new(app_client_settings(&config.http), self.lanes);
         }
         self.inbound_limits = self.inbound_limits.reload(&config.inbound, &self.metrics);
@@ -157,9 +157,5 @@ impl Applier {
 /// The app is on loopback: the default timeouts of a policy without any.
 fn app_client_settings(http: &HttpSettings) -> ClientSettings {
     let defaults = Timeouts::default();
-    ClientSettings {
-        connect_timeout: defaults.connect.as_std(),
-        idle_timeout: defaults.idle.as_std(),
-        body_idle_timeout: http.body_idle_timeout.as_std(),
-    }
+    ClientSettings::new(http, defaults.connect.as_std(), defaults.idle.as_std())
 }

@@ -23,6 +23,7 @@ use crate::body::Body;
 use crate::error::ProxyError;
 use crate::server::workers::lane;
 use crate::stall;
+use trellis_api::proxy::{Http2Settings, HttpSettings};
 
 /// Which HTTP version to speak to the endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +63,23 @@ pub struct ClientSettings {
     pub idle_timeout: Duration,
     /// A response body that stalls this long is cut.
     pub body_idle_timeout: Duration,
+    /// A larger response header list is refused (`http.maxHeaderBytes`).
+    pub max_header_list_size: u32,
+    /// Windows, buffers and pings of the HTTP/2 connections (`http.http2`).
+    pub http2: Http2Settings,
+}
+
+impl ClientSettings {
+    /// Settings from the proxy's HTTP limits and an upstream's timeouts.
+    pub fn new(http: &HttpSettings, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        ClientSettings {
+            connect_timeout,
+            idle_timeout,
+            body_idle_timeout: http.body_idle_timeout.as_std(),
+            max_header_list_size: http.max_header_bytes,
+            http2: http.http2,
+        }
+    }
 }
 
 /// `to` as a URI authority. The last few are kept per thread: a proxy
@@ -99,15 +117,23 @@ impl Clients {
             .pool_idle_timeout(settings.idle_timeout)
             .pool_max_idle_per_host(usize::MAX)
             .build(connector.clone());
+        // What an upstream may push before the caller reads it is bounded by
+        // the windows; the upstream's own SETTINGS bound the streams. The
+        // windows are fixed: an adaptive one pings per burst of data
+        // (server/mod.rs).
+        let h2 = &settings.http2;
         let h2 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.idle_timeout)
             .timer(TokioTimer::new())
             .http2_only(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .http2_keep_alive_timeout(Duration::from_secs(10))
-            // Fixed windows (hyper's: 5 MiB per connection, 2 MiB per
-            // stream); an adaptive one pings per burst of data (server/mod.rs).
+            .http2_max_header_list_size(settings.max_header_list_size)
+            .http2_initial_stream_window_size(h2.initial_stream_window_size.get())
+            .http2_initial_connection_window_size(h2.initial_connection_window_size.get())
+            .http2_max_send_buf_size(h2.max_send_buffer_size.get() as usize)
+            .http2_max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams as usize)
+            .http2_keep_alive_interval(h2.keep_alive_interval.as_std())
+            .http2_keep_alive_timeout(h2.keep_alive_timeout.as_std())
             .build(connector);
         Clients { h1, h2 }
     }

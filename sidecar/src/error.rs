@@ -28,6 +28,10 @@ pub enum ProxyError {
     UpstreamReset,
     /// HTTP/2 REFUSED_STREAM: the upstream did not process the request.
     RefusedStream,
+    /// The upstream's HTTP/2 response broke the protocol's rules or this
+    /// proxy's limits (a header list over `http.maxHeaderBytes`); the
+    /// request may have been processed.
+    BadResponse,
     /// The request already passed through this listener.
     Loop,
     /// The request head breaks HTTP's rules (RFC 9110/9112).
@@ -50,6 +54,7 @@ impl ProxyError {
             ProxyError::ConnectFailure => "connect-failure",
             ProxyError::UpstreamReset => "reset",
             ProxyError::RefusedStream => "refused-stream",
+            ProxyError::BadResponse => "bad-response",
             ProxyError::Loop => "loop",
             ProxyError::BadRequest => "bad-request",
             ProxyError::HeadersTooLarge => "headers-too-large",
@@ -70,6 +75,9 @@ impl ProxyError {
             ProxyError::ConnectFailure => "connection to upstream failed",
             ProxyError::UpstreamReset => "upstream reset the connection",
             ProxyError::RefusedStream => "upstream refused the stream",
+            ProxyError::BadResponse => {
+                "upstream response refused: malformed, or its headers over the limit"
+            }
             ProxyError::Loop => "request loops through this proxy",
             ProxyError::BadRequest => "malformed request",
             ProxyError::HeadersTooLarge => "request headers too large",
@@ -82,9 +90,10 @@ impl ProxyError {
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UnknownUpstream => StatusCode::NOT_FOUND,
-            ProxyError::ConnectFailure | ProxyError::UpstreamReset | ProxyError::RefusedStream => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::ConnectFailure
+            | ProxyError::UpstreamReset
+            | ProxyError::RefusedStream
+            | ProxyError::BadResponse => StatusCode::BAD_GATEWAY,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -106,7 +115,9 @@ impl ProxyError {
                 GrpcCode::ResourceExhausted
             }
             ProxyError::UnknownUpstream => GrpcCode::Unimplemented,
-            ProxyError::Loop | ProxyError::BadRequest => GrpcCode::Internal,
+            ProxyError::Loop | ProxyError::BadRequest | ProxyError::BadResponse => {
+                GrpcCode::Internal
+            }
             ProxyError::CircuitOpen
             | ProxyError::BudgetExhausted
             | ProxyError::NoEndpoints
@@ -134,6 +145,13 @@ impl ProxyError {
             if let Some(h2e) = err.downcast_ref::<h2::Error>() {
                 if h2e.reason() == Some(h2::Reason::REFUSED_STREAM) {
                     return ProxyError::RefusedStream;
+                }
+                // h2 itself reset the stream over what the upstream sent.
+                if h2e.is_reset()
+                    && h2e.is_library()
+                    && h2e.reason() == Some(h2::Reason::PROTOCOL_ERROR)
+                {
+                    return ProxyError::BadResponse;
                 }
                 if h2e.is_reset() || h2e.is_go_away() || h2e.is_io() {
                     return ProxyError::UpstreamReset;

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let signals = shutdown_signals();
         let opts = Options {
             config_path: Some(args.config),
             workers: Some(workers),
@@ -63,7 +64,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        signals.await;
         proxy.shutdown().await;
         ExitCode::SUCCESS
     })
@@ -118,19 +119,26 @@ fn init_logging(config: &ProxyConfig) {
     }
 }
 
-/// SIGTERM (the kubelet) or SIGINT (a terminal).
-async fn wait_for_signal() {
+/// SIGTERM (the kubelet) or SIGINT (a terminal), listened for from the call
+/// on: one that comes right after the start line is a clean shutdown, not
+/// the default action's exit.
+fn shutdown_signals() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                one.recv().await;
+            }
+            (Err(_), Err(_)) => std::future::pending().await,
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        tracing::info!("signal received");
     }
-    tracing::info!("signal received");
 }

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::policy::{EffectivePolicy, InboundPolicy};
-use crate::bounded::{Port, Ratio};
+use crate::bounded::{Bounded, Port, Positive, Ratio};
 use crate::crd::{LogLevel, Protocol, RouteMatch};
 use crate::duration::Duration;
 use crate::parse::{ParseError, from_yaml};
@@ -83,6 +83,18 @@ impl ProxyConfig {
                         );
                     }
                 }
+            }
+        }
+        let http2 = &self.http.http2;
+        for (field, value) in [
+            ("keepAliveInterval", http2.keep_alive_interval),
+            ("keepAliveTimeout", http2.keep_alive_timeout),
+        ] {
+            if value.as_std().is_zero() {
+                return err(
+                    format!("http.http2.{field}"),
+                    "must be longer than 0".into(),
+                );
             }
         }
         Ok(())
@@ -264,10 +276,67 @@ pub struct HttpSettings {
     /// quiet for longer (gRPC server streaming) need a larger value.
     #[serde(default = "default_body_idle_timeout")]
     pub body_idle_timeout: Duration,
+    /// Bounds of every HTTP/2 connection the proxy serves or opens.
+    #[serde(default)]
+    pub http2: Http2Settings,
 }
 
 fn default_body_idle_timeout() -> Duration {
     Duration::from_secs(300)
+}
+
+/// An HTTP/2 flow-control window: at least the protocol's initial 65,535
+/// bytes, at most 2^31 − 1 (RFC 9113 §6.9).
+pub type FlowWindow = Bounded<65_535, 2_147_483_647>;
+
+/// What one HTTP/2 connection may hold, on both listeners (callers'
+/// connections) and on the connections to upstreams and the app. A
+/// connection's memory is bounded by about `maxConcurrentStreams` × (a
+/// request's state + `maxSendBufferSize`) + `initialConnectionWindowSize`,
+/// so an overloaded proxy queues or refuses streams instead of growing.
+/// The header list limit is `maxHeaderBytes`, the same as HTTP/1's head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Http2Settings {
+    /// Streams a caller may have open at once on one connection
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS). A client waits for a free one; a
+    /// stream opened beyond it is refused with REFUSED_STREAM, which a
+    /// client may retry safely. Upstreams set their own limit for the
+    /// proxy's connections to them.
+    pub max_concurrent_streams: Positive,
+    /// Bytes a peer may send on one stream before the proxy reads them.
+    pub initial_stream_window_size: FlowWindow,
+    /// Bytes a peer may send on one connection, all streams together,
+    /// before the proxy reads them.
+    pub initial_connection_window_size: FlowWindow,
+    /// Bytes of one stream's outgoing data buffered while the peer is not
+    /// reading; the body's source is not read further until it drains.
+    pub max_send_buffer_size: Positive,
+    /// Streams a peer may open and reset before the proxy took them up; one
+    /// more closes the connection (the "rapid reset" flood).
+    pub max_pending_accept_reset_streams: u32,
+    /// A connection is pinged this often, and closed when a ping is not
+    /// answered within `keepAliveTimeout`; it finds peers that vanished
+    /// without closing their connections.
+    pub keep_alive_interval: Duration,
+    pub keep_alive_timeout: Duration,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings {
+            // The least RFC 9113 §6.5.2 recommends: a sidecar's peer is
+            // another sidecar or one app, not a browser with many tabs.
+            max_concurrent_streams: Positive::new_const(100),
+            initial_stream_window_size: FlowWindow::new_const(64 * 1024),
+            initial_connection_window_size: FlowWindow::new_const(1024 * 1024),
+            max_send_buffer_size: Positive::new_const(64 * 1024),
+            // h2's own default.
+            max_pending_accept_reset_streams: 20,
+            keep_alive_interval: Duration::from_secs(20),
+            keep_alive_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for HttpSettings {
@@ -278,6 +347,7 @@ impl Default for HttpSettings {
             max_header_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
             body_idle_timeout: default_body_idle_timeout(),
+            http2: Http2Settings::default(),
         }
     }
 }

@@ -32,28 +32,36 @@ struct Args {
     /// ~2.5 s per point instead of 22 s: a sanity run, not a measurement.
     #[arg(long)]
     quick: bool,
+    /// Overload instead of overhead: offer more than the proxies can serve
+    /// (default: 20000 req/s of h2c, 10-byte bodies, 10 s, no warm-up) and
+    /// report how much memory each held and how many requests it answered;
+    /// no point is discarded.
+    #[arg(long)]
+    overload: bool,
     /// The release build of trellis-proxy.
     #[arg(long, default_value = "target/release/trellis-proxy")]
     proxy_bin: PathBuf,
     #[arg(long, default_value = "haproxy")]
     haproxy_bin: String,
-    /// Requests per second, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "500,1000,2000,4000")]
+    /// Requests per second, comma separated (default 500,1000,2000,4000;
+    /// with --overload 20000).
+    #[arg(long, value_delimiter = ',')]
     rates: Vec<u32>,
-    /// Response body sizes in bytes, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "10,1024")]
+    /// Response body sizes in bytes, comma separated (default 10,1024;
+    /// with --overload 10).
+    #[arg(long, value_delimiter = ',')]
     sizes: Vec<usize>,
-    /// h1, h2 or both.
-    #[arg(long, value_delimiter = ',', default_value = "h1,h2")]
+    /// h1, h2 or both (default both; with --overload h2).
+    #[arg(long, value_delimiter = ',')]
     protocols: Vec<String>,
-    /// Measured seconds per point (overrides --quick's and the default 20 s).
+    /// Measured seconds per point (overrides --quick's, --overload's 10 s and the default 20 s).
     #[arg(long)]
     seconds: Option<f64>,
     /// Serving threads of each trellis-proxy (`TRELLIS_PROXY_WORKERS`);
     /// default: the proxy's own (the cgroup's CPU limit, else one per core).
     #[arg(long)]
     proxy_workers: Option<usize>,
-    /// Warm-up seconds per point (overrides --quick's 0.5 s and the default 2 s).
+    /// Warm-up seconds per point (overrides --quick's 0.5 s, --overload's 0 s and the default 2 s).
     #[arg(long)]
     warmup: Option<f64>,
     /// Arms to run, comma separated (direct, trellis, haproxy, pair); the
@@ -69,6 +77,15 @@ struct Args {
     /// in its environment as `TRELLIS_BENCH_PROXY`.
     #[arg(long)]
     proxy_wrapper: Option<String>,
+    /// Client connections per point, requests spread over them in turn
+    /// (HTTP/2: each a multiplexed connection; a mesh proxy's inbound
+    /// serves many callers' sidecars).
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// The echo upstream holds each response this long (milliseconds), so
+    /// requests pile up in the proxies under overload.
+    #[arg(long, default_value_t = 0)]
+    upstream_delay_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,16 +110,40 @@ struct Point {
     ok: usize,
     failed: usize,
     non_2xx: usize,
+    /// The non-2xx answers by status.
+    statuses: std::collections::BTreeMap<u16, usize>,
     max_lag: Duration,
     cpu_ticks: u64,
     rss_kib: u64,
+    /// Resident memory once the point's requests are over (`VmRSS`).
+    rss_after_kib: u64,
     measured: usize,
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let measure = args.seconds.unwrap_or(if args.quick { 2.0 } else { 20.0 });
-    let warmup = args.warmup.unwrap_or(if args.quick { 0.5 } else { 2.0 });
+    let mut args = Args::parse();
+    let (measure, warmup) = match (args.overload, args.quick) {
+        (true, _) => (10.0, 0.0),
+        (false, true) => (2.0, 0.5),
+        (false, false) => (20.0, 2.0),
+    };
+    let measure = args.seconds.unwrap_or(measure);
+    let warmup = args.warmup.unwrap_or(warmup);
+    let overload = args.overload;
+    if args.rates.is_empty() {
+        args.rates = if overload {
+            vec![20000]
+        } else {
+            vec![500, 1000, 2000, 4000]
+        };
+    }
+    if args.sizes.is_empty() {
+        args.sizes = if overload { vec![10] } else { vec![10, 1024] };
+    }
+    if args.protocols.is_empty() {
+        let protocols: &[&str] = if overload { &["h2"] } else { &["h1", "h2"] };
+        args.protocols = protocols.iter().map(|p| p.to_string()).collect();
+    }
     for arm in &args.arms {
         if !["direct", "trellis", "haproxy", "pair"].contains(&arm.as_str()) {
             bail!("unknown arm {arm:?} (direct, trellis, haproxy, pair)");
@@ -198,15 +239,24 @@ fn run(
         protos.len() * args.sizes.len() * args.rates.len() * arms.len()
     );
     let mut table = String::new();
-    table.push_str("| proto | size | rate/s | arm | p50 µs | p99 µs | p99.9 µs | +p50 µs | +p99 µs | +p99.9 µs | RSS MiB | CPU s/1k req | note |\n");
-    table.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    if args.overload {
+        table.push_str("| proto | size | offered/s | arm | 2xx | failed | non-2xx | p50 µs (2xx) | peak RSS MiB | RSS after MiB | CPU s/1k offered |\n");
+        table.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    } else {
+        table.push_str("| proto | size | rate/s | arm | p50 µs | p99 µs | p99.9 µs | +p50 µs | +p99 µs | +p99.9 µs | RSS MiB | CPU s/1k req | note |\n");
+        table.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    }
     for &proto in protos {
         for &size in &args.sizes {
             for &rate in &args.rates {
                 let mut direct: Option<[u64; 3]> = None;
                 for arm in &arms {
-                    let point = run_point(&rt, arm, proto, size, rate, warmup, measure)?;
-                    let row = format_row(proto, size, rate, arm, &point, &mut direct);
+                    let point = run_point(&rt, args, arm, proto, size, rate, warmup, measure)?;
+                    let row = if args.overload {
+                        format_overload_row(proto, size, rate, arm, &point)
+                    } else {
+                        format_row(proto, size, rate, arm, &point, &mut direct)
+                    };
                     eprintln!("{}", row.trim_end());
                     table.push_str(&row);
                 }
@@ -217,6 +267,55 @@ fn run(
     Ok(())
 }
 
+fn proto_name(proto: Proto) -> &'static str {
+    match proto {
+        Proto::H1 => "HTTP/1.1",
+        Proto::H2 => "h2c",
+    }
+}
+
+/// Under overload every point is kept: what was answered, what failed, and
+/// what the proxy held at its peak and once the load stopped.
+fn format_overload_row(proto: Proto, size: usize, rate: u32, arm: &Arm, p: &Point) -> String {
+    let p50 = if p.ok > 0 {
+        p.latencies.value_at_quantile(0.5).to_string()
+    } else {
+        "—".into()
+    };
+    let mut non_2xx = p.non_2xx.to_string();
+    if !p.statuses.is_empty() {
+        let by_status: Vec<String> = p
+            .statuses
+            .iter()
+            .map(|(s, n)| format!("{s}: {n}"))
+            .collect();
+        let _ = write!(non_2xx, " ({})", by_status.join(", "));
+    }
+    let (peak, after, cpu) = if arm.pids.is_empty() {
+        ("—".into(), "—".into(), "—".into())
+    } else {
+        (
+            format!("{:.1}", p.rss_kib as f64 / 1024.0),
+            format!("{:.1}", p.rss_after_kib as f64 / 1024.0),
+            format!("{:.3}", cpu_per_1k(p)),
+        )
+    };
+    format!(
+        "| {} | {size} | {rate} | {} | {} | {} | {} | {p50} | {peak} | {after} | {cpu} |\n",
+        proto_name(proto),
+        arm.name,
+        p.ok,
+        p.failed + (p.sent - p.ok - p.failed - p.non_2xx),
+        non_2xx,
+    )
+}
+
+/// CPU seconds of the arm's processes per 1000 measured requests.
+fn cpu_per_1k(p: &Point) -> f64 {
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    p.cpu_ticks as f64 / ticks_per_s / (p.measured.max(1) as f64 / 1000.0)
+}
+
 fn format_row(
     proto: Proto,
     size: usize,
@@ -225,10 +324,7 @@ fn format_row(
     p: &Point,
     direct: &mut Option<[u64; 3]>,
 ) -> String {
-    let proto_s = match proto {
-        Proto::H1 => "HTTP/1.1",
-        Proto::H2 => "h2c",
-    };
+    let proto_s = proto_name(proto);
     let mut note = String::new();
     if p.failed > 0 || p.non_2xx > 0 {
         let _ = write!(
@@ -267,13 +363,9 @@ fn format_row(
     let (rss, cpu) = if arm.pids.is_empty() {
         ("—".to_string(), "—".to_string())
     } else {
-        let ticks_per_s = 100.0; // USER_HZ on Linux
         (
             format!("{:.1}", p.rss_kib as f64 / 1024.0),
-            format!(
-                "{:.3}",
-                p.cpu_ticks as f64 / ticks_per_s / (p.measured.max(1) as f64 / 1000.0)
-            ),
+            format!("{:.3}", cpu_per_1k(p)),
         )
     };
     format!(
@@ -295,10 +387,13 @@ fn client(proto: Proto) -> Client<HttpConnector, BenchBody> {
     b.build(connector)
 }
 
-fn request(target: SocketAddr, size: usize, proto: Proto) -> Request<BenchBody> {
-    let uri: Uri = format!("http://{target}/{size}")
-        .parse()
-        .unwrap_or_else(|e| panic!("uri: {e}"));
+fn request(target: SocketAddr, size: usize, delay_ms: u64, proto: Proto) -> Request<BenchBody> {
+    let uri = if delay_ms > 0 {
+        format!("http://{target}/{size}?ms={delay_ms}")
+    } else {
+        format!("http://{target}/{size}")
+    };
+    let uri: Uri = uri.parse().unwrap_or_else(|e| panic!("uri: {e}"));
     Request::builder()
         .uri(uri)
         .version(if proto == Proto::H2 {
@@ -317,7 +412,7 @@ async fn wait_ready(arm: &Arm, proto: Proto) -> anyhow::Result<()> {
     loop {
         if let Ok(Ok(rsp)) = tokio::time::timeout(
             Duration::from_secs(2),
-            c.request(request(target, 10, proto)),
+            c.request(request(target, 10, 0, proto)),
         )
         .await
             && rsp.status().is_success()
@@ -333,7 +428,7 @@ async fn wait_ready(arm: &Arm, proto: Proto) -> anyhow::Result<()> {
 
 enum Outcome {
     Ok,
-    Status,
+    Status(u16),
     Failed,
 }
 
@@ -343,8 +438,10 @@ struct Sample {
     outcome: Outcome,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_point(
     rt: &tokio::runtime::Runtime,
+    args: &Args,
     arm: &Arm,
     proto: Proto,
     size: usize,
@@ -353,7 +450,10 @@ fn run_point(
     measure: f64,
 ) -> anyhow::Result<Point> {
     let target = if proto == Proto::H2 { arm.h2 } else { arm.h1 };
-    let c = client(proto);
+    let clients: Vec<_> = (0..args.connections.max(1))
+        .map(|_| client(proto))
+        .collect();
+    let delay_ms = args.upstream_delay_ms;
     let total = ((warmup + measure) * rate as f64) as usize;
     let warm_n = (warmup * rate as f64) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -382,19 +482,19 @@ fn run_point(
             } else if i >= warm_n {
                 max_lag = max_lag.max(now - t);
             }
-            let (c, tx) = (c.clone(), tx.clone());
+            let (c, tx) = (clients[i % clients.len()].clone(), tx.clone());
             let measured = i >= warm_n;
             handle.spawn(async move {
                 let res = tokio::time::timeout(Duration::from_secs(5), async {
-                    let rsp = c.request(request(target, size, proto)).await?;
-                    let ok = rsp.status().is_success();
+                    let rsp = c.request(request(target, size, delay_ms, proto)).await?;
+                    let status = rsp.status();
                     rsp.into_body().collect().await?;
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(ok)
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(status)
                 })
                 .await;
                 let outcome = match res {
-                    Ok(Ok(true)) => Outcome::Ok,
-                    Ok(Ok(false)) => Outcome::Status,
+                    Ok(Ok(s)) if s.is_success() => Outcome::Ok,
+                    Ok(Ok(s)) => Outcome::Status(s.as_u16()),
                     _ => Outcome::Failed,
                 };
                 let _ = tx.send(Sample {
@@ -413,9 +513,11 @@ fn run_point(
         ok: 0,
         failed: 0,
         non_2xx: 0,
+        statuses: Default::default(),
         max_lag: Duration::ZERO,
         cpu_ticks: 0,
         rss_kib: 0,
+        rss_after_kib: 0,
         measured: total - warm_n,
     };
     let end = start + Duration::from_secs_f64(warmup + measure) + Duration::from_secs(6);
@@ -435,7 +537,10 @@ fn run_point(
                     point.ok += 1;
                     let _ = point.latencies.record(s.latency.as_micros() as u64);
                 }
-                Outcome::Status => point.non_2xx += 1,
+                Outcome::Status(code) => {
+                    point.non_2xx += 1;
+                    *point.statuses.entry(code).or_default() += 1;
+                }
                 Outcome::Failed => point.failed += 1,
             }
         }
@@ -447,9 +552,10 @@ fn run_point(
         .take()
         .unwrap_or(0);
     point.cpu_ticks = cpu_ticks(&arm.pids).saturating_sub(before);
-    point.rss_kib = arm.pids.iter().map(|p| peak_rss_kib(*p)).sum();
+    point.rss_kib = arm.pids.iter().map(|p| rss_kib(*p, "VmHWM:")).sum();
     // Let connections of this point close before the next.
     std::thread::sleep(Duration::from_millis(200));
+    point.rss_after_kib = arm.pids.iter().map(|p| rss_kib(*p, "VmRSS:")).sum();
     Ok(point)
 }
 
@@ -470,12 +576,13 @@ fn reset_peak_rss(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
+/// `VmHWM:` (the peak since the last reset) or `VmRSS:` (now), in KiB.
+fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
@@ -486,7 +593,8 @@ fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// The echo upstream: `GET /<n>` answers `n` bytes. Its own thread and
+/// The echo upstream: `GET /<n>?ms=<d>` answers `n` bytes after `d`
+/// milliseconds. Its own thread and
 /// runtime, so the load generator does not queue behind it.
 fn start_echo() -> anyhow::Result<SocketAddr> {
     let listener = StdListener::bind("127.0.0.1:0")?;
@@ -514,6 +622,15 @@ fn start_echo() -> anyhow::Result<SocketAddr> {
                                 .trim_start_matches('/')
                                 .parse()
                                 .unwrap_or(0);
+                            let ms: u64 = req
+                                .uri()
+                                .query()
+                                .and_then(|q| q.strip_prefix("ms="))
+                                .and_then(|d| d.parse().ok())
+                                .unwrap_or(0);
+                            if ms > 0 {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
                             Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
                                 Bytes::from(vec![b'x'; n]),
                             )))

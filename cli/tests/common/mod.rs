@@ -28,14 +28,47 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// Builds the sidecar and `services` (no-op when fresh) in the test's own
-/// profile and target dir.
+/// profile and target dir, with the features `cargo test --workspace`
+/// resolves: `--workspace` and a test target (this package's `cli`) make
+/// cargo unify features over every member and its dev-dependencies, as the
+/// test build does. After `cargo test --workspace` (CI) every library is
+/// then already built and only the binaries are linked; `-p` alone would
+/// resolve fewer features and build the shop's dependencies a second time.
+///
+/// The variables cargo sets for a running test (`CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_NAME`, …) are not passed on: build scripts such as ring's
+/// watch them (`rerun-if-env-changed`), and seeing them differ from the
+/// outer build's empty ones, cargo would rebuild ring and all above it, here
+/// and again in the next `cargo test`.
 pub fn build(services: &[&str]) {
     let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .current_dir(workspace())
-        .args(["build", "-p", "trellis-proxy"]);
+    for (name, _) in std::env::vars_os() {
+        let Some(n) = name.to_str() else { continue };
+        let per_test = n.starts_with("CARGO_PKG_")
+            || n.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                n,
+                "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            );
+        if per_test {
+            cargo.env_remove(&name);
+        }
+    }
+    cargo.current_dir(workspace()).args([
+        "build",
+        "--workspace",
+        "--test",
+        "cli",
+        "--bin",
+        "trellis-proxy",
+    ]);
     for s in services {
-        cargo.args(["-p", s]);
+        cargo.args(["--bin", s]);
     }
     if let Some(target) = bin_dir().parent() {
         cargo.env("CARGO_TARGET_DIR", target);

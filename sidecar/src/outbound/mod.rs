@@ -83,11 +83,11 @@ impl RouteTable {
                     (set, Arc::new(task))
                 }
             };
-            let settings = ClientSettings {
-                connect_timeout: up.policy.timeout.connect.as_std(),
-                idle_timeout: up.policy.timeout.idle.as_std(),
-                body_idle_timeout: cx.http.body_idle_timeout.as_std(),
-            };
+            let settings = ClientSettings::new(
+                cx.http,
+                up.policy.timeout.connect.as_std(),
+                up.policy.timeout.idle.as_std(),
+            );
             let client = match old {
                 Some(o) if o.client_settings == settings => o.client.clone(),
                 _ => HttpClient::new(settings, cx.lanes),

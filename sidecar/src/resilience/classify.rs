@@ -64,6 +64,7 @@ pub(crate) fn error(e: ProxyError) -> Class {
         | ProxyError::ConnectFailure
         | ProxyError::UpstreamReset
         | ProxyError::RefusedStream
+        | ProxyError::BadResponse
         | ProxyError::NoEndpoints
         | ProxyError::BudgetExhausted => Class::Failure,
         ProxyError::CircuitOpen

@@ -1,5 +1,6 @@
 //! Accepting connections: HTTP/1.1 and HTTP/2 prior knowledge on one port
-//! (hyper-util's auto builder, upgrades allowed), protocol limits from the config, and graceful
+//! (hyper-util's auto builder, upgrades allowed), protocol limits from the config (HTTP/2's
+//! per-connection bounds: `http.http2`), and graceful
 //! shutdown (stop accepting, `Connection: close` / GOAWAY, drain, then cut).
 
 pub mod guard;
@@ -139,13 +140,19 @@ fn builder(http: &HttpSettings) -> auto::Builder<TokioExecutor> {
     if http.max_headers as usize != HYPER_MAX_HEADERS {
         h1.max_headers(http.max_headers as usize);
     }
-    // Fixed flow-control windows (hyper's, 1 MiB): an adaptive window pings
-    // the peer to measure bandwidth-delay on every burst of data, a frame
-    // each way per request on a mesh's short calls.
+    // Fixed flow-control windows: an adaptive window pings the peer to
+    // measure bandwidth-delay on every burst of data, a frame each way per
+    // request on a mesh's short calls.
+    let h2 = &http.http2;
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(http.max_header_bytes)
-        .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .max_concurrent_streams(h2.max_concurrent_streams.get())
+        .initial_stream_window_size(h2.initial_stream_window_size.get())
+        .initial_connection_window_size(h2.initial_connection_window_size.get())
+        .max_send_buf_size(h2.max_send_buffer_size.get() as usize)
+        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams as usize)
+        .keep_alive_interval(Some(h2.keep_alive_interval.as_std()))
+        .keep_alive_timeout(h2.keep_alive_timeout.as_std());
     b
 }

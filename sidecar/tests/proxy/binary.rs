@@ -3,12 +3,12 @@
 //! CPU limit allows), exits 0 on SIGTERM; refuses an invalid file naming the
 //! field.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
+
+use trellis_e2e::local::ProxyProcess;
 
 use crate::support::*;
 
@@ -20,63 +20,28 @@ fn temp_path(tag: &str) -> std::path::PathBuf {
     ))
 }
 
-/// A `trellis-proxy` process and what it has logged so far.
+/// A `trellis-proxy` process started on a config file of its own.
 struct Running {
-    child: Child,
+    process: ProxyProcess,
     outbound: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
     path: PathBuf,
 }
 
 impl Running {
     /// Starts `cmd` (the binary, or a wrapper that execs it) on a config
-    /// routing `orders` to `app`; returns once the start line names the
-    /// outbound address.
-    fn start(mut cmd: Command, app: SocketAddr) -> Running {
+    /// routing `orders` to `app`; returns once the start line named the
+    /// bound addresses.
+    fn start(cmd: Command, app: SocketAddr) -> Running {
         let path = temp_path("ok");
         std::fs::write(
             &path,
             config_yaml(app, "http", &upstream("orders", &["orders"], &[app]), ""),
         )
         .unwrap();
-        let mut child = cmd
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        // The start line names the bound addresses.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // Logged before the address is passed on: whoever waits for
-                // the start line may read the log at once.
-                let addr = line.find("outbound=").map(|i| {
-                    line[i + 9..]
-                        .chars()
-                        .take_while(|c| !c.is_whitespace())
-                        .collect::<String>()
-                });
-                lines.lock().unwrap().push(line);
-                if let Some(addr) = addr {
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let outbound = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("start line")
-            .parse()
-            .unwrap();
+        let process = ProxyProcess::start(cmd, &path);
         Running {
-            child,
-            outbound,
-            log,
+            outbound: process.outbound,
+            process,
             path,
         }
     }
@@ -99,16 +64,15 @@ impl Running {
 
     /// The first log line containing `needle`.
     fn logged(&self, needle: &str) -> String {
-        let log = self.log.lock().unwrap();
-        log.iter()
-            .find(|l| l.contains(needle))
-            .cloned()
-            .unwrap_or_else(|| panic!("no log line with {needle:?} in\n{}", log.join("\n")))
+        self.process.logged(needle).unwrap_or_else(|| {
+            let log = self.process.log.lock().unwrap();
+            panic!("no log line with {needle:?} in\n{}", log.join("\n"))
+        })
     }
 
     /// SIGTERM, then the exit status (within 15 s).
     async fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
+        let pid = self.process.child.id().to_string();
         assert!(
             Command::new("kill")
                 .args(["-TERM", &pid])
@@ -118,7 +82,7 @@ impl Running {
         );
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
+            if let Some(s) = self.process.child.try_wait().unwrap() {
                 break s;
             }
             assert!(
@@ -157,12 +121,13 @@ async fn binary_serves_every_connection_on_its_serving_threads() {
             .contains("workers=3")
     );
     assert!(proxy.logged("trellis-proxy started").contains("workers=3"));
-    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", proxy.child.id()))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|c| c.trim().to_string())
-        .filter(|c| c.starts_with("trellis-worker"))
-        .collect();
+    let threads: Vec<String> =
+        std::fs::read_dir(format!("/proc/{}/task", proxy.process.child.id()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .filter(|c| c.starts_with("trellis-worker"))
+            .collect();
     assert_eq!(threads.len(), 3, "{threads:?}");
     // Fresh connections land on any of the threads' sockets; each is served,
     // over HTTP/1.1 and HTTP/2, with connections pooled per thread upstream.

@@ -7,6 +7,7 @@ mod admin;
 mod balancing;
 mod binary;
 mod grpc;
+mod http2_bounds;
 mod hygiene;
 mod kubernetes;
 mod protocols;

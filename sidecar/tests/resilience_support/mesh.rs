@@ -4,7 +4,8 @@
 //! YAML (what users write) and the caller's MeshService go through
 //! `trellis_api::render::proxy_config` (resolution, overlay of route
 //! overrides, defaults), with static discovery pointing at servers on
-//! 127.0.0.1 and every listener on 127.0.0.1:0; the result is written to YAML
+//! 127.0.0.1 and every listener on 127.0.0.1:0 (`trellis_e2e::local`'s
+//! `sidecar_config`, as the delivery tests' sidecars); the result is written to YAML
 //! and parsed back as the sidecar reads its ConfigMap, then `Proxy::start`ed.
 //!
 //! Clients are hyper-util's pooled client over a connector that sends every
@@ -32,14 +33,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-use trellis_api::crd::{MeshService, ResiliencePolicy};
+use trellis_api::crd::ResiliencePolicy;
 use trellis_api::parse::from_yaml;
-use trellis_api::proxy::{Listeners, ProxyConfig};
-use trellis_api::render::{self, DiscoveryMode, Settings};
+use trellis_api::proxy::ProxyConfig;
 use trellis_proxy::{Proxy, ProxyHandle};
 
 /// The namespace of every object.
-pub const NAMESPACE: &str = "shop";
+#[allow(unused_imports)]
+pub use trellis_e2e::local::NAMESPACE;
 /// The MeshService whose sidecar is under test (the caller).
 pub const CALLER: &str = "web";
 
@@ -71,30 +72,7 @@ pub fn render_config(
         "the test's policies conflict: {:?}",
         conflicts.conflicts()
     );
-    let names: Vec<&str> = upstreams.iter().map(|(n, _)| *n).collect();
-    let svc: MeshService = from_yaml(&format!(
-        "apiVersion: mesh.trellis.dev/v1alpha1\nkind: MeshService\n\
-         metadata: {{name: {CALLER}, namespace: {NAMESPACE}}}\n\
-         spec: {{image: \"registry.local/web:1\", port: {port}, upstreams: {names:?}}}\n",
-        port = app.port(),
-    ))
-    .unwrap_or_else(|e| panic!("mesh service: {e}"));
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let settings = Settings {
-        discovery: DiscoveryMode::Static(
-            upstreams
-                .iter()
-                .map(|(n, addrs)| (n.to_string(), addrs.iter().map(|a| a.to_string()).collect()))
-                .collect(),
-        ),
-        listeners: Some(Listeners {
-            inbound: loopback,
-            outbound: loopback,
-            admin: loopback,
-        }),
-        ..Settings::default()
-    };
-    let rendered = render::proxy_config(&svc, CALLER, NAMESPACE, &policies, &settings);
+    let rendered = trellis_e2e::local::sidecar_config(CALLER, app, upstreams, &policies, None);
     assert_eq!(rendered.app.address, app, "the app is on 127.0.0.1");
     // What the sidecar reads: the YAML of its ConfigMap.
     let yaml = rendered.to_yaml();
