@@ -18,7 +18,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let _telemetry = trellis_operator::telemetry::init(args.log_json)?;
     let config = args.to_config();
-    let client = kube::Client::try_default().await?;
+    let kube_config = kube::Config::infer().await?;
+    let client = kube::Client::try_from(trellis_operator::client::with_timeouts(
+        kube_config,
+        args.api_timeout,
+    ))?;
     tracing::info!(
         identity = %config.identity,
         namespace = config.namespace.as_deref().unwrap_or("<all>"),
