@@ -162,15 +162,9 @@ pub struct RunArgs {
     #[arg(long, env = "TRELLIS_METRICS_BIND", default_value = "0.0.0.0:8080")]
     pub metrics_bind: SocketAddr,
 
-    /// Reconciles at once, per controller. A reconcile mostly waits on the
-    /// API server, so this is well above the cores the operator gets.
-    #[arg(long, env = "TRELLIS_CONCURRENCY", default_value_t = 16)]
+    /// Reconciles at once, per controller.
+    #[arg(long, env = "TRELLIS_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
-
-    /// How long a request to the API server may go unanswered (reads and
-    /// writes); watches are renewed before it runs out.
-    #[arg(long, env = "TRELLIS_API_TIMEOUT", default_value = "30s", value_parser = duration)]
-    pub api_timeout: Duration,
 
     /// Log one JSON object per line.
     #[arg(long, env = "TRELLIS_LOG_JSON", default_value_t = false, action = ArgAction::Set)]
@@ -251,7 +245,6 @@ impl RunArgs {
             namespace: self.namespace.clone().filter(|n| !n.is_empty()),
             settings,
             concurrency: self.concurrency,
-            api_timeout: Some(self.api_timeout),
             identity,
             leader_election,
             webhook,

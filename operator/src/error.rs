@@ -26,10 +26,6 @@ pub enum Error {
         field: &'static str,
     },
 
-    /// The reconcile did not end in time: an API server that stopped answering, most likely.
-    #[error("the reconcile did not finish within {0:?}")]
-    Timeout(std::time::Duration),
-
     /// An object could not be turned into JSON (a bug, not a user error).
     #[error("cannot serialize {what}: {source}")]
     Serialize {
@@ -69,7 +65,6 @@ impl Error {
                 _ => "transport",
             },
             Error::MissingField { .. } => "missing_field",
-            Error::Timeout(_) => "timeout",
             Error::Serialize { .. } => "serialize",
         }
     }

@@ -8,7 +8,6 @@
 //! | module | what |
 //! |---|---|
 //! | [`controller`] | the MeshService and ResiliencePolicy reconcilers, their [`Context`](controller::Context) |
-//! | [`client`] | request timeouts of the kube client |
 //! | [`apply`] | server-side apply that skips writes when nothing changed |
 //! | [`conditions`] | status conditions |
 //! | [`webhook`] | `/inject` and `/validate` admission webhooks over HTTPS |
@@ -22,7 +21,6 @@
 pub mod apply;
 pub mod certs;
 pub mod cli;
-pub mod client;
 pub mod conditions;
 pub mod controller;
 pub mod error;
@@ -63,10 +61,6 @@ pub struct OperatorConfig {
     pub settings: Settings,
     /// Reconciles run at once, per controller.
     pub concurrency: u16,
-    /// The read timeout of the client given to [`Operator::start`]
-    /// ([`client::with_timeouts`]): watches then ask the API server to end
-    /// them sooner ([`client::watch_timeout`]). `None`: it has none.
-    pub api_timeout: Option<Duration>,
     /// This replica's name (events, lease holder).
     pub identity: String,
     /// `None`: always run the controllers (single replica, tests).
@@ -82,8 +76,7 @@ impl Default for OperatorConfig {
         OperatorConfig {
             namespace: None,
             settings: Settings::default(),
-            concurrency: 16,
-            api_timeout: None,
+            concurrency: 4,
             identity: default_identity(),
             leader_election: None,
             webhook: None,
@@ -190,7 +183,6 @@ impl Operator {
             ctx,
             config.namespace.clone(),
             config.concurrency.max(1),
-            config.api_timeout.map(client::watch_timeout),
             leadership.is_leader.clone(),
             shutdown_rx,
         );
@@ -324,7 +316,6 @@ async fn supervise(
     ctx: Arc<Context>,
     namespace: Option<String>,
     concurrency: u16,
-    watch_timeout: Option<u32>,
     mut leader: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -344,7 +335,6 @@ async fn supervise(
             ctx.clone(),
             namespace.clone(),
             concurrency,
-            watch_timeout,
             async move {
                 let _ = stop_rx.await;
             },

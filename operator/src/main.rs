@@ -18,11 +18,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let _telemetry = trellis_operator::telemetry::init(args.log_json)?;
     let config = args.to_config();
-    let kube_config = kube::Config::infer().await?;
-    let client = kube::Client::try_from(trellis_operator::client::with_timeouts(
-        kube_config,
-        args.api_timeout,
-    ))?;
+    let client = kube::Client::try_default().await?;
     tracing::info!(
         identity = %config.identity,
         namespace = config.namespace.as_deref().unwrap_or("<all>"),

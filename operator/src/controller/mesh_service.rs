@@ -17,7 +17,7 @@ use trellis_api::crd::{MeshService, MeshServiceStatus, ResiliencePolicy};
 use trellis_api::render::{RenderError, Rendered, render};
 use trellis_api::resolve::{Conflict, resolve};
 
-use super::{Context, RESYNC, key, retry_after, within_deadline};
+use super::{Context, RESYNC, key, retry_after};
 use crate::apply::{Outcome, ensure, kind_of};
 use crate::conditions::condition;
 use crate::error::{Error, Result, is_not_found};
@@ -38,7 +38,7 @@ pub async fn reconcile(svc: Arc<MeshService>, ctx: Arc<Context>) -> Result<Actio
         field: "metadata.namespace",
     })?;
     let name = svc.name_any();
-    let result = within_deadline(&ctx, Box::pin(reconcile_service(&svc, &ctx, &ns, &name))).await;
+    let result = reconcile_service(&svc, &ctx, &ns, &name).await;
     match &result {
         Ok(_) => ctx.succeeded(CONTROLLER, &key(&ns, &name)),
         Err(e) => {
@@ -71,7 +71,7 @@ async fn reconcile_service(
     name: &str,
 ) -> Result<Action> {
     let client = &ctx.client;
-    let (policies, services) = ctx.mesh_objects(CONTROLLER, ns).await?;
+    let (policies, services) = ctx.mesh_objects(ns).await?;
     let existing: BTreeSet<String> = services.iter().map(|s| s.name_any()).collect();
     let missing: Vec<String> = svc
         .spec
@@ -147,8 +147,7 @@ pub struct Change {
     pub outcome: Outcome,
 }
 
-/// Applies one child; returns it as the API server has it now, and the write if one was made.
-async fn apply_one<K>(ctx: &Context, ns: &str, obj: K) -> Result<(K, Option<Change>)>
+async fn apply_one<K>(ctx: &Context, ns: &str, obj: K, changes: &mut Vec<Change>) -> Result<K>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -159,17 +158,16 @@ where
     let api = Api::<K>::namespaced(ctx.client.clone(), ns);
     let name = obj.meta().name.clone().unwrap_or_default();
     let (live, outcome) = ensure(&api, obj, &ctx.field_manager).await?;
-    if outcome == Outcome::Unchanged {
-        return Ok((live, None));
+    if outcome != Outcome::Unchanged {
+        let kind = kind_of::<K>();
+        ctx.metrics.wrote(CONTROLLER, &kind, outcome.as_str());
+        changes.push(Change {
+            kind,
+            name,
+            outcome,
+        });
     }
-    let kind = kind_of::<K>();
-    ctx.metrics.wrote(CONTROLLER, &kind, outcome.as_str());
-    let change = Change {
-        kind,
-        name,
-        outcome,
-    };
-    Ok((live, Some(change)))
+    Ok(live)
 }
 
 /// Applies every child in dependency order; returns the live Deployment and what changed.
@@ -180,35 +178,17 @@ async fn apply_children(
     name: &str,
     r: &Rendered,
 ) -> Result<(Deployment, Vec<Change>)> {
-    // What the pods need, at once (each write waits on the API server, not
-    // on the others), in two waves: a RoleBinding is refused (404) until the
-    // Role it grants exists, since the operator may only bind the rules it
-    // can see. Every write of a wave runs to its end: a failure must not
-    // cancel a sibling's write, or the retry meets the same missing Role.
     let mut changes = Vec::new();
-    // Boxed: four apply futures side by side are too large for a stack.
-    let (account, role, config, service) = tokio::join!(
-        Box::pin(apply_one(ctx, ns, r.service_account.clone())),
-        Box::pin(apply_one(ctx, ns, r.role.clone())),
-        Box::pin(apply_one(ctx, ns, r.config_map.clone())),
-        Box::pin(apply_one(ctx, ns, r.service.clone())),
-    );
-    for written in [
-        account.map(|a| a.1),
-        role.map(|r| r.1),
-        config.map(|c| c.1),
-        service.map(|s| s.1),
-    ] {
-        changes.extend(written?);
-    }
-    changes.extend(apply_one(ctx, ns, r.role_binding.clone()).await?.1);
-    // The Deployment last: new pods must find the config they hash and the
-    // account they run as.
-    let (deployment, change) = apply_one(ctx, ns, r.deployment.clone()).await?;
-    changes.extend(change);
+    apply_one(ctx, ns, r.service_account.clone(), &mut changes).await?;
+    apply_one(ctx, ns, r.role.clone(), &mut changes).await?;
+    apply_one(ctx, ns, r.role_binding.clone(), &mut changes).await?;
+    // The config before the Deployment: new pods must find the config they hash.
+    apply_one(ctx, ns, r.config_map.clone(), &mut changes).await?;
+    apply_one(ctx, ns, r.service.clone(), &mut changes).await?;
+    let deployment = apply_one(ctx, ns, r.deployment.clone(), &mut changes).await?;
     match &r.pdb {
         Some(pdb) => {
-            changes.extend(apply_one(ctx, ns, pdb.clone()).await?.1);
+            apply_one(ctx, ns, pdb.clone(), &mut changes).await?;
         }
         None => {
             if delete_owned_pdb(svc, ctx, ns, name).await? {

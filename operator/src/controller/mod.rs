@@ -1,13 +1,11 @@
 //! The two controllers (MeshService, ResiliencePolicy), their shared context,
 //! and the code that starts them.
 
-pub mod cache;
 pub mod mesh_service;
 pub mod resilience_policy;
-pub mod triggers;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,25 +15,18 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use trellis_api::crd::{MeshService, ResiliencePolicy};
 use trellis_api::render::Settings;
-use triggers::{Fingerprint, Fingerprinted, any_change, spec, spec_and_read_status, triggers};
 
 use crate::metrics::Metrics;
-use cache::MeshView;
 use trellis_api::names::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// Longest wait between retries of a failing object.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How often a healthy object is reconciled anyway (drift, missed events).
 pub const RESYNC: Duration = Duration::from_secs(300);
-/// How long one reconcile may take before it is given up and retried. The
-/// controller starts no second reconcile of an object while one is in
-/// flight, so a reconcile that never ends would freeze its object.
-pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What every reconcile needs.
 pub struct Context {
@@ -44,33 +35,16 @@ pub struct Context {
     pub field_manager: String,
     pub metrics: Metrics,
     pub recorder: Recorder,
-    /// How long one reconcile (or one event) may take; [`RECONCILE_TIMEOUT`] by default.
-    pub reconcile_timeout: Duration,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<(&'static str, String), u32>>,
-    /// The mesh each controller reads while [`run_controllers`] runs; empty between runs.
-    views: RwLock<HashMap<&'static str, MeshView>>,
 }
 
 impl Context {
-    fn view(&self, controller: &'static str) -> Option<MeshView> {
-        let views = self.views.read().unwrap_or_else(|e| e.into_inner());
-        views.get(controller).cloned()
-    }
-
-    /// The ResiliencePolicies and MeshServices of a namespace: from the
-    /// controller's [`MeshView`] while the controllers run, else (a reconcile
-    /// called on its own) as the API server lists them now.
+    /// The ResiliencePolicies and MeshServices of a namespace, as the API server has them now.
     pub async fn mesh_objects(
         &self,
-        controller: &'static str,
         ns: &str,
-    ) -> crate::error::Result<(Vec<ResiliencePolicy>, Vec<Arc<MeshService>>)> {
-        if let Some(view) = self.view(controller)
-            && let Some(view) = view.ready().await
-        {
-            return Ok(view.in_namespace(ns));
-        }
+    ) -> crate::error::Result<(Vec<ResiliencePolicy>, Vec<MeshService>)> {
         let all = kube::api::ListParams::default();
         let policies = Api::<ResiliencePolicy>::namespaced(self.client.clone(), ns)
             .list(&all)
@@ -81,15 +55,8 @@ impl Context {
             .list(&all)
             .await
             .map_err(|e| crate::error::Error::kube("listing MeshServices", e))?
-            .items
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+            .items;
         Ok((policies, services))
-    }
-
-    fn set_views(&self, views: HashMap<&'static str, MeshView>) {
-        *self.views.write().unwrap_or_else(|e| e.into_inner()) = views;
     }
 
     pub fn new(
@@ -108,9 +75,7 @@ impl Context {
             settings,
             field_manager: FIELD_MANAGER.into(),
             metrics,
-            reconcile_timeout: RECONCILE_TIMEOUT,
             failures: Mutex::default(),
-            views: RwLock::default(),
         }
     }
 
@@ -171,15 +136,8 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        match tokio::time::timeout(
-            self.reconcile_timeout,
-            self.recorder.publish(&event, regarding),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, reason, "cannot publish event"),
-            Err(_) => tracing::warn!(reason, "cannot publish event: timed out"),
+        if let Err(e) = self.recorder.publish(&event, regarding).await {
+            tracing::warn!(error = %e, reason, "cannot publish event");
         }
     }
 }
@@ -200,44 +158,22 @@ where
     }
 }
 
-/// A watch kept in a store, and the reconcile triggers it gives: an object
-/// whose `fingerprint` changed, once the store has it ([`triggers`]). Its
-/// errors are retried with its own backoff (client-go's: 0.8s doubling to
-/// 30s) and logged, never passed on. The Controller's shared
+/// A watch whose errors are retried with its own backoff (client-go's: 0.8s
+/// doubling to 30s) and logged, never passed on. The Controller's shared
 /// trigger backoff would otherwise pause *every* watch after any one error,
 /// and after an API server restart (a 410 per watch) recovery would take minutes.
 fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
-    fingerprint: Fingerprint,
     what: &'static str,
-) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: kube::Resource<DynamicType = ()>
-        + Fingerprinted
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let (store, writer) = reflector::store();
-    let events = watcher(api, config)
-        .default_backoff()
-        .modify(forget_managed_fields)
-        .reflect(writer);
-    let stream = quiet(triggers(events, store.clone(), fingerprint), what);
-    (store, stream)
-}
-
-/// Drops `metadata.managedFields` before an object is cached: no reconcile
-/// reads it, and it is often the larger part of a small object.
-fn forget_managed_fields<K: kube::Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+    quiet(
+        watcher(api, config).default_backoff().touched_objects(),
+        what,
+    )
 }
 
 fn quiet<K>(
@@ -263,16 +199,12 @@ pub async fn run_controllers(
     ctx: Arc<Context>,
     namespace: Option<String>,
     concurrency: u16,
-    watch_timeout: Option<u32>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
-    let all = move || match watch_timeout {
-        Some(t) => watcher::Config::default().timeout(t),
-        None => watcher::Config::default(),
-    };
-    let owned = all().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let all = watcher::Config::default;
     let config = ControllerConfig::default().concurrency(concurrency);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -282,78 +214,64 @@ pub async fn run_controllers(
         }
     };
 
-    // Our own status writes change no generation, so they trigger nothing.
-    let (service_store, services_main) =
-        watch(api::<MeshService>(&client, ns), all(), spec, "meshservices");
+    let (service_store, writer) = reflector::store::<MeshService>();
+    let services_main = quiet(
+        watcher(api::<MeshService>(&client, ns), all())
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects(),
+        "meshservices",
+    );
     let (store_a, store_b) = (service_store.clone(), service_store.clone());
-    let (upstream_view, upstream_changes) = watch(
-        api::<MeshService>(&client, ns),
-        all(),
-        spec,
-        "meshservices (upstreams)",
-    );
-    let (policy_view, policy_changes) = watch(
-        api::<ResiliencePolicy>(&client, ns),
-        all(),
-        spec,
-        "resiliencepolicies",
-    );
-    let services_view = MeshView {
-        services: upstream_view,
-        policies: policy_view,
-    };
-    let (_, deployment_changes) = watch(
-        api::<Deployment>(&client, ns),
-        owned.clone(),
-        spec_and_read_status,
-        "deployments",
-    );
-    let (_, service_changes) = watch(
-        api::<Service>(&client, ns),
-        owned.clone(),
-        any_change,
-        "services",
-    );
-    let (_, service_account_changes) = watch(
-        api::<ServiceAccount>(&client, ns),
-        owned.clone(),
-        any_change,
-        "serviceaccounts",
-    );
-    let (_, config_map_changes) = watch(
-        api::<ConfigMap>(&client, ns),
-        owned.clone(),
-        any_change,
-        "configmaps",
-    );
-    let (_, role_changes) = watch(api::<Role>(&client, ns), owned.clone(), any_change, "roles");
-    let (_, role_binding_changes) = watch(
-        api::<RoleBinding>(&client, ns),
-        owned.clone(),
-        any_change,
-        "rolebindings",
-    );
-    let (_, budget_changes) = watch(
-        api::<PodDisruptionBudget>(&client, ns),
-        owned,
-        any_change,
-        "poddisruptionbudgets",
-    );
     let services = Controller::for_stream(services_main, service_store)
         .with_config(config.clone())
-        .owns_stream(deployment_changes)
-        .owns_stream(service_changes)
-        .owns_stream(service_account_changes)
-        .owns_stream(config_map_changes)
-        .owns_stream(role_changes)
-        .owns_stream(role_binding_changes)
-        .owns_stream(budget_changes)
-        .watches_stream(policy_changes, move |policy| {
-            mesh_service::services_for_policy(&store_a, &policy)
-        })
-        .watches_stream(upstream_changes, move |svc| {
-            mesh_service::callers_of(&store_b, &svc)
-        })
+        .owns_stream(watch(
+            api::<Deployment>(&client, ns),
+            owned.clone(),
+            "deployments",
+        ))
+        .owns_stream(watch(
+            api::<Service>(&client, ns),
+            owned.clone(),
+            "services",
+        ))
+        .owns_stream(watch(
+            api::<ServiceAccount>(&client, ns),
+            owned.clone(),
+            "serviceaccounts",
+        ))
+        .owns_stream(watch(
+            api::<ConfigMap>(&client, ns),
+            owned.clone(),
+            "configmaps",
+        ))
+        .owns_stream(watch(api::<Role>(&client, ns), owned.clone(), "roles"))
+        .owns_stream(watch(
+            api::<RoleBinding>(&client, ns),
+            owned.clone(),
+            "rolebindings",
+        ))
+        .owns_stream(watch(
+            api::<PodDisruptionBudget>(&client, ns),
+            owned,
+            "poddisruptionbudgets",
+        ))
+        .watches_stream(
+            watch(
+                api::<ResiliencePolicy>(&client, ns),
+                all(),
+                "resiliencepolicies",
+            ),
+            move |policy| mesh_service::services_for_policy(&store_a, &policy),
+        )
+        .watches_stream(
+            watch(
+                api::<MeshService>(&client, ns),
+                all(),
+                "meshservices (upstreams)",
+            ),
+            move |svc| mesh_service::callers_of(&store_b, &svc),
+        )
         .graceful_shutdown_on(stopped())
         .run(
             mesh_service::reconcile,
@@ -366,45 +284,34 @@ pub async fn run_controllers(
             }
         });
 
-    let (policy_store, policies_main) = watch(
-        api::<ResiliencePolicy>(&client, ns),
-        all(),
-        spec,
+    let (policy_store, writer) = reflector::store::<ResiliencePolicy>();
+    let policies_main = quiet(
+        watcher(api::<ResiliencePolicy>(&client, ns), all())
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects(),
         "resiliencepolicies",
     );
-    let views_owner = ctx.clone();
     let sibling_store = policy_store.clone();
     let mapper_store = policy_store.clone();
-    let (target_view, target_changes) = watch(
-        api::<MeshService>(&client, ns),
-        all(),
-        spec,
-        "meshservices (targets)",
-    );
-    let (sibling_view, sibling_changes) = watch(
-        api::<ResiliencePolicy>(&client, ns),
-        all(),
-        spec,
-        "resiliencepolicies (siblings)",
-    );
-    ctx.set_views(HashMap::from([
-        (mesh_service::CONTROLLER, services_view),
-        (
-            resilience_policy::CONTROLLER,
-            MeshView {
-                services: target_view,
-                policies: sibling_view,
-            },
-        ),
-    ]));
     let policies = Controller::for_stream(policies_main, policy_store)
         .with_config(config)
-        .watches_stream(target_changes, move |svc| {
-            resilience_policy::policies_for_service(&mapper_store, &svc)
-        })
-        .watches_stream(sibling_changes, move |policy| {
-            resilience_policy::siblings_of(&sibling_store, &policy)
-        })
+        .watches_stream(
+            watch(
+                api::<MeshService>(&client, ns),
+                all(),
+                "meshservices (targets)",
+            ),
+            move |svc| resilience_policy::policies_for_service(&mapper_store, &svc),
+        )
+        .watches_stream(
+            watch(
+                api::<ResiliencePolicy>(&client, ns),
+                all(),
+                "resiliencepolicies (siblings)",
+            ),
+            move |policy| resilience_policy::siblings_of(&sibling_store, &policy),
+        )
         .graceful_shutdown_on(stopped())
         .run(
             resilience_policy::reconcile,
@@ -422,17 +329,6 @@ pub async fn run_controllers(
         let _ = stop_tx.send(true);
     };
     tokio::join!(services, policies, trigger);
-    views_owner.set_views(HashMap::new());
-}
-
-/// Runs one reconcile, ending it with [`Error::Timeout`](crate::Error::Timeout) after `ctx.reconcile_timeout`.
-pub(crate) async fn within_deadline<T>(
-    ctx: &Context,
-    reconcile: impl std::future::Future<Output = crate::error::Result<T>>,
-) -> crate::error::Result<T> {
-    tokio::time::timeout(ctx.reconcile_timeout, reconcile)
-        .await
-        .unwrap_or(Err(crate::Error::Timeout(ctx.reconcile_timeout)))
 }
 
 /// The action after a failed reconcile: exponential backoff per object, faster for conflicts.

@@ -12,7 +12,7 @@ use kube::{Resource, ResourceExt};
 use trellis_api::crd::{MeshService, ResiliencePolicy, ResiliencePolicyStatus};
 use trellis_api::resolve::{Conflict, resolve};
 
-use super::{Context, RESYNC, key, retry_after, within_deadline};
+use super::{Context, RESYNC, key, retry_after};
 use crate::conditions::{condition, find};
 use crate::error::{Error, Result};
 
@@ -30,7 +30,7 @@ pub async fn reconcile(policy: Arc<ResiliencePolicy>, ctx: Arc<Context>) -> Resu
         field: "metadata.namespace",
     })?;
     let name = policy.name_any();
-    let result = within_deadline(&ctx, Box::pin(reconcile_policy(&policy, &ctx, &ns, &name))).await;
+    let result = reconcile_policy(&policy, &ctx, &ns, &name).await;
     if result.is_ok() {
         ctx.succeeded(CONTROLLER, &key(&ns, &name));
     }
@@ -52,7 +52,7 @@ async fn reconcile_policy(
     ns: &str,
     name: &str,
 ) -> Result<Action> {
-    let (policies, services) = ctx.mesh_objects(CONTROLLER, ns).await?;
+    let (policies, services) = ctx.mesh_objects(ns).await?;
 
     // Resolve what the API server has, with this object as the controller saw it.
     let mut all: Vec<ResiliencePolicy> = policies
@@ -115,7 +115,7 @@ async fn reconcile_policy(
 /// The status a policy should have. Pure.
 pub fn compute_status(
     policy: &ResiliencePolicy,
-    services: &[Arc<MeshService>],
+    services: &[MeshService],
     conflicts: &[Conflict],
     in_effect: bool,
 ) -> ResiliencePolicyStatus {
